@@ -1,0 +1,143 @@
+"""The `duotune` command line: train, eval, matrix, list, data.
+
+Subcommands import their subsystem lazily so `duotune --help` stays fast. User errors
+(`DuotuneError`) print one line and exit 2; everything else is a real bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from duotune.errors import DuotuneError
+
+# Modules whose import fills the registries that `duotune list` shows.
+REGISTRY_MODULES = ("duotune.algos", "duotune.rewards", "duotune.models", "duotune.data",
+                    "duotune.eval", "duotune.trainers", "duotune.tasks")
+
+
+def _train_help() -> str:
+    from duotune.config import describe_fields
+    from duotune.trainers import TrainConfig
+
+    rows = describe_fields(TrainConfig)
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"  {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows]
+    return "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from duotune.config import load_config
+    from duotune.trainers import TrainConfig, train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    result = train(cfg)
+    print(f"run folder: {getattr(result, 'run_dir', result)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from duotune.registry import Registry
+
+    for mod in REGISTRY_MODULES:
+        importlib.import_module(mod)
+    registries = Registry.all()
+    kinds = [args.kind] if args.kind else sorted(registries)
+    for kind in kinds:
+        if kind not in registries:
+            from duotune.errors import UnknownNameError
+            raise UnknownNameError("registry kind", kind, registries)
+        reg = registries[kind]
+        print(f"{kind}:")
+        width = max((len(n) for n in reg.names()), default=0)
+        for name in reg.names():
+            print(f"  {name:<{width}}  {reg.describe(name)}")
+    return 0
+
+
+def cmd_data_make(args: argparse.Namespace) -> int:
+    from duotune.tasks import write_task
+
+    params = dict(_kv(p) for p in args.params)
+    out = write_task(args.task, n=args.n, seed=args.seed, out_dir=args.out, split=args.split, **params)
+    print(f"wrote {args.n} {args.task} rows to {out}")
+    return 0
+
+
+def _kv(item: str) -> tuple[str, object]:
+    from duotune.config import parse_override
+
+    keys, value = parse_override(item)
+    return ".".join(keys), value
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duotune", formatter_class=_HelpFormatter,
+        description="Post-train LLMs and VLMs for reasoning: SFT, GRPO, GRPO-D, LUFFY, SRFT and "
+                    "sequential pipelines as configs of one trainer.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train with a YAML recipe (see configs/)",
+                       formatter_class=_HelpFormatter,
+                       epilog=_train_help() if with_train_fields else
+                       "run `duotune train --help` to see every config field")
+    p.add_argument("config", help="YAML recipe, e.g. configs/srft.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-6")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model or checkpoint on benchmarks",
+                       formatter_class=_HelpFormatter)
+    _optional_arguments(p, "duotune.eval", "add_eval_arguments", "run_eval_command")
+
+    p = sub.add_parser("matrix", help="cross-task matrix: several models x several benchmarks",
+                       formatter_class=_HelpFormatter)
+    _optional_arguments(p, "duotune.eval", "add_matrix_arguments", "run_matrix_command")
+
+    p = sub.add_parser("list", help="list registered names (methods, losses, rewards, models, ...)",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("kind", nargs="?", help="only this registry kind (e.g. reward, benchmark, method)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("data", help="generate synthetic task data", formatter_class=_HelpFormatter)
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    m = dsub.add_parser("make", help="write N rows (+ PNG images) of a synthetic task",
+                        formatter_class=_HelpFormatter)
+    m.add_argument("task", help="task name (see `duotune list task`)")
+    m.add_argument("--n", type=int, default=100, help="number of rows")
+    m.add_argument("--seed", type=int, default=0, help="generator seed")
+    m.add_argument("--split", default="train", choices=["train", "test"],
+                   help="train and test draw from disjoint seed streams")
+    m.add_argument("--out", required=True, help="output folder (data.jsonl, images/)")
+    m.add_argument("params", nargs="*", help="task parameters as key=value (e.g. level=2)")
+    m.set_defaults(func=cmd_data_make)
+    return parser
+
+
+def _optional_arguments(p: argparse.ArgumentParser, module: str, add: str, run: str) -> None:
+    """Let a subsystem define its own flags; keeps cli.py free of subsystem details."""
+    mod = importlib.import_module(module)
+    getattr(mod, add)(p)
+    p.set_defaults(func=getattr(mod, run))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_train_help = len(argv) >= 1 and argv[0] == "train" and any(a in ("-h", "--help") for a in argv)
+    parser = build_parser(with_train_fields=wants_train_help)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DuotuneError as e:
+        print(f"duotune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
