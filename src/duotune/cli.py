@@ -1,4 +1,4 @@
-"""The `duotune` command line: train, eval, matrix, list, data.
+"""The `duotune` command line: train, eval, matrix, pipeline, list, data.
 
 Subcommands import their subsystem lazily so `duotune --help` stays fast. User errors
 (`DuotuneError`) print one line and exit 2; everything else is a real bug and keeps its traceback.
@@ -100,6 +100,10 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter)
     _optional_arguments(p, "duotune.eval", "add_matrix_arguments", "run_matrix_command")
 
+    p = sub.add_parser("pipeline", help="VLAA-style six-stage distillation pipeline",
+                       formatter_class=_HelpFormatter)
+    _optional_arguments(p, "duotune.pipeline", "add_pipeline_arguments", "run_pipeline_command")
+
     p = sub.add_parser("list", help="list registered names (methods, losses, rewards, models, ...)",
                        formatter_class=_HelpFormatter)
     p.add_argument("kind", nargs="?", help="only this registry kind (e.g. reward, benchmark, method)")
@@ -131,7 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wants_train_help = len(argv) >= 1 and argv[0] == "train" and any(a in ("-h", "--help") for a in argv)
     parser = build_parser(with_train_fields=wants_train_help)
-    args = parser.parse_args(argv)
+    # key=value items may come after flags (`data make counting --n 3 variant=mix`): argparse
+    # stops collecting a positional list at the first flag, so collect the stragglers here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        target = "overrides" if hasattr(args, "overrides") else "params"
+        if not hasattr(args, target):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, target, list(getattr(args, target)) + extra)
     try:
         return int(args.func(args) or 0)
     except DuotuneError as e:

@@ -1,0 +1,119 @@
+"""Per-token log-probs and entropies of given sequences, in micro-batches, with the LM head applied
+only where the loss mask is set (response tokens), so a [N, L, V] logits tensor never exists.
+
+Imports torch and `duotune.models.batching`/`duotune.errors`; never trainers or rollout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from duotune.errors import ConfigError, ShapeError
+from duotune.models.batching import ExtraInputs, MicroBatch, image_token_id, plan_micro_batches
+
+
+def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     loss_mask: torch.Tensor, *, extra_inputs: dict[str, Any] | None = None,
+                     token_budget: int = 8192, with_entropy: bool = True,
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(input_ids[i, t] | input_ids[i, :t]) and the next-token entropy where loss_mask is 1.
+
+    Returns fp32 (logp [N, L], entropy [N, L] or None), zero where loss_mask is 0; differentiable.
+    Rows run in micro-batches of at most `token_budget` tokens (rows x trimmed width); rows with
+    no loss token are skipped. Logits are divided by `temperature` first (the sampling
+    distribution). Position ids follow the attention mask (as `generate` does), so left padding
+    and micro-batch trimming change nothing. `extra_inputs` (pixel_values, image_grid_thw,
+    mm_token_type_ids, ...) are split per micro-batch; see `ExtraInputs` for the image order rule.
+    Works on a bare transformers model and through DDP/PEFT wrappers (the full forward runs).
+    """
+    _check(input_ids, attention_mask, loss_mask, token_budget, temperature)
+    n, length = input_ids.shape
+    inner = _unwrap(model)
+    extra = dict(extra_inputs or {})
+    _add_mm_token_types(inner, input_ids, extra)
+    extras = ExtraInputs(inner.config, input_ids, extra)
+    rope = getattr(inner.config.get_text_config(), "rope_parameters", None) or {}
+    mrope = "mrope_section" in rope
+    flat, lps, ents = [], [], []
+    for mb in plan_micro_batches(attention_mask, loss_mask.bool().any(1), token_budget):
+        idx, lp, ent = _score(model, inner, mb, input_ids, attention_mask, loss_mask,
+                              extras.take(mb.rows, mb.start, mb.stop), mrope, with_entropy, temperature)
+        flat.append(idx)
+        lps.append(lp)
+        ents.append(ent)
+    index = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long, device=input_ids.device)
+
+    def assemble(values: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(n * length, dtype=torch.float32, device=input_ids.device)
+        return (out.index_put((index,), torch.cat(values)) if values else out).view(n, length)
+
+    return assemble(lps), (assemble(ents) if with_entropy else None)
+
+
+def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           loss_mask: torch.Tensor, extra: dict[str, Any], mrope: bool, with_entropy: bool,
+           temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One micro-batch: backbone forward, then the LM head on the K hidden states at t-1 of each
+    loss position t. Returns (flat indices into [N*L], logp [K], entropy [K] | None)."""
+    rows = mb.rows.to(input_ids.device)
+    ids = input_ids[rows, mb.start:mb.stop]
+    am = attention_mask[rows, mb.start:mb.stop]
+    r, t = loss_mask[rows, mb.start:mb.stop][:, 1:].bool().nonzero(as_tuple=True)
+    t = t + 1
+    kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=am, use_cache=False, **extra)
+    if not mrope:  # M-RoPE models derive 3-D positions from the mask and image grids themselves
+        pass
+
+    def pick_positions(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][r, t - 1].unsqueeze(0),) + tuple(args[1:])
+
+    # A pre-hook swaps the head's input [n, w, H] for the K needed hidden states [1, K, H]; the
+    # model's own forward still runs end to end (wrappers, logit scaling, DDP hooks all apply).
+    handle = inner.get_output_embeddings().register_forward_pre_hook(pick_positions)
+    try:
+        logits = model(**kwargs).logits[0].float() / temperature
+    finally:
+        handle.remove()
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, ids[r, t].unsqueeze(-1)).squeeze(-1)
+    # H = -sum_v p_v log p_v of the (tempered) next-token distribution, from the same log-softmax.
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside DDP and/or PEFT wrappers (for its config and LM head)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _add_mm_token_types(inner: Any, input_ids: torch.Tensor, extra: dict[str, Any]) -> None:
+    """Qwen-VL's M-RoPE needs `mm_token_type_ids` (1 at image tokens); derive it when not given."""
+    if "mm_token_type_ids" in extra or "image_grid_thw" not in extra:
+        return
+    if "mm_token_type_ids" not in inspect.signature(inner.forward).parameters:
+        return
+    extra["mm_token_type_ids"] = (input_ids == image_token_id(inner.config)).long()
+
+
+def _check(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+           token_budget: int, temperature: float) -> None:
+    if input_ids.dim() != 2:
+        raise ShapeError(f"input_ids must be [N, L]; got shape {tuple(input_ids.shape)}")
+    for name, mask in (("attention_mask", attention_mask), ("loss_mask", loss_mask)):
+        if mask.shape != input_ids.shape:
+            raise ShapeError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; "
+                             f"got {tuple(mask.shape)}")
+    if loss_mask[:, :1].bool().any():
+        raise ShapeError("loss_mask[:, 0] must be 0: the first token has no context to predict it from")
+    if (loss_mask.bool() & ~attention_mask.bool()).any():
+        raise ShapeError("loss_mask is 1 where attention_mask is 0; score only real (unpadded) tokens")
+    if token_budget < 1:
+        raise ConfigError(f"token_budget must be >= 1 (got {token_budget})")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0 (got {temperature})")

@@ -1,0 +1,12 @@
+"""Rollout: samplers (HF `generate`; the `Sampler` protocol a vLLM backend implements) and groups.
+
+`HFSampler(bundle).generate(examples, SamplingParams(n=...))` -> one list of `Completion`s per example;
+`build_groups` adds group ids, demo members and truncation flags; `collate` makes [N, L] tensors.
+"""
+
+from duotune.rollout.groups import Rollout, build_groups, collate, CollatedBatch
+from duotune.rollout.prompts import EncodedPrompt, PromptEncoder
+from duotune.rollout.sampler import Completion, HFSampler, Sampler, SamplingParams
+
+__all__ = ["CollatedBatch", "Completion", "EncodedPrompt", "HFSampler", "PromptEncoder", "Rollout",
+           "Sampler", "SamplingParams", "build_groups", "collate"]

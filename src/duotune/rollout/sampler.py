@@ -1,0 +1,142 @@
+"""Samplers: turn `Example` prompts into n completions each (HF `generate`; the interface a vLLM backend implements).
+
+Prompt rendering (chat template through the tokenizer or the VLM processor) lives in `rollout.prompts`
+so training collation and sampling see byte-identical prompts. Imports torch, transformers (via the
+bundle) and `duotune.data`; never imports trainers, algos or rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+
+from duotune.data import Example
+from duotune.errors import ConfigError
+from duotune.rollout.prompts import PromptEncoder
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: n completions per prompt; temperature 0 means greedy decoding.
+
+    top_k None (or 0) and top_p 1.0 switch those filters off, so RL samples the policy itself
+    (GRPO/SRFT roll out at T = 1.0 with no filtering; SPEC 1, 6). seed None uses the global RNG.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"sampling n must be >= 1 (got {self.n})")
+        if self.temperature < 0:
+            raise ConfigError(f"sampling temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling top_p must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"sampling max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+
+
+@dataclass
+class Completion:
+    """One sampled answer: decoded text, its token ids (EOS included when it stopped) and why it ended."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+
+
+class Sampler(Protocol):
+    """Anything that samples completions. A vLLM backend plugs in here: a class wrapping
+    `vllm.LLM.generate` with `SamplingParams(n=..., seed=...)` that returns the same `Completion`
+    lists (token ids without the prompt, finish_reason from vLLM's output) and reloads the
+    policy weights after each optimizer step. The trainer only calls `generate`."""
+
+    def generate(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
+        """One list of `params.n` completions per example, in the order of `examples`."""
+        ...
+
+
+class HFSampler:
+    """Sampling with `model.generate`: KV cache, left padding, rows sorted by prompt length.
+
+    batch_size counts sequences per `generate` call (prompts x samples); suppress_tokens are token
+    ids never sampled (e.g. image placeholders a VLM must not emit).
+    """
+
+    def __init__(self, bundle: Any, batch_size: int = 32, suppress_tokens: Sequence[int] | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"sampler batch_size must be >= 1 (got {batch_size})")
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.suppress_tokens = list(suppress_tokens) if suppress_tokens else None
+        self.encoder = PromptEncoder(bundle)
+
+    @torch.no_grad()
+    def generate(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
+        if not examples:
+            return []
+        prompts = [self.encoder.encode(ex) for ex in examples]
+        # One row per (example, sample); sorting by prompt length keeps left padding short.
+        rows = sorted(((i, j) for i in range(len(examples)) for j in range(params.n)),
+                      key=lambda r: (len(prompts[r[0]].input_ids), r[0], r[1]))
+        out: list[list[Completion | None]] = [[None] * params.n for _ in examples]
+        model = self.bundle.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=_rng_devices(model), enabled=params.seed is not None):
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows[start:start + self.batch_size]
+                    done = self._generate_chunk([prompts[i] for i, _ in chunk], params)
+                    for (i, j), comp in zip(chunk, done):
+                        out[i][j] = comp
+        finally:
+            model.train(was_training)
+        return [[c for c in per if c is not None] for per in out]
+
+    def _generate_chunk(self, prompts: list[Any], params: SamplingParams) -> list[Completion]:
+        model = self.bundle.model
+        inputs = self.encoder.batch(prompts, padding_side="left")
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        greedy = params.temperature == 0
+        eos = self.encoder.eos_ids
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens, do_sample=not greedy, use_cache=True,
+            eos_token_id=eos, pad_token_id=self.encoder.pad_id,
+            # Explicit values override the checkpoint's generation_config (e.g. a default top_k=50),
+            # so training samples the unfiltered policy unless the config asks otherwise.
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None if greedy else (params.top_k or 0),
+        )
+        if self.suppress_tokens:
+            gen_kwargs["suppress_tokens"] = self.suppress_tokens
+        seqs = model.generate(**inputs, **gen_kwargs)
+        new = seqs[:, inputs["input_ids"].shape[1]:].tolist()
+        return [self._completion(ids, eos) for ids in new]
+
+    def _completion(self, ids: list[int], eos: list[int]) -> Completion:
+        stop = next((k for k, t in enumerate(ids) if t in eos), None)
+        if stop is None:
+            kept, reason = ids, "length"
+        else:
+            kept, reason = ids[:stop + 1], "stop"
+        text = self.encoder.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text=text, token_ids=kept, finish_reason=reason)
+
+
+def _rng_devices(model: Any) -> list[int]:
+    """CUDA devices whose RNG `fork_rng` must save (the model's), so a seeded call leaves no trace."""
+    dev = next(model.parameters()).device
+    return [dev.index or 0] if dev.type == "cuda" else []

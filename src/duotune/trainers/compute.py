@@ -1,0 +1,105 @@
+"""Micro-batched log-probs and the exact gradient of a full-batch loss, one micro-batch at a time.
+
+Micro-batches are cut by a token budget (rows sorted by length, padded size <= budget). When a batch
+needs several, the loss is first evaluated on no-grad log-probs of the whole batch, its gradient
+w.r.t. the per-token log-probs/entropies is taken, and each micro-batch is replayed with grad and
+back-propagated with that upstream gradient: the result equals the full-batch gradient for every
+loss (any aggregation, batch-level normalisers), so micro-batching never changes the maths.
+Imports torch, `duotune.models` and `duotune.rollout`; never rewards or data loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from duotune.models import compute_logprobs
+from duotune.rollout import CollatedBatch, PromptEncoder
+
+LossFn = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
+
+
+def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]:
+    """Row-index groups whose padded size (rows x longest row) stays within `token_budget`."""
+    lengths = batch.row_lengths()
+    order = torch.argsort(lengths, stable=True).tolist()
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for r in order:
+        longest = max([int(lengths[r])] + [int(lengths[c]) for c in current[-1:]])
+        if current and (len(current) + 1) * longest > token_budget:
+            groups.append(current)
+            current = []
+        current.append(r)
+    if current:
+        groups.append(current)
+    return [torch.tensor(g, dtype=torch.long) for g in groups]
+
+
+def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *,
+                      with_entropy: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(response token) and entropy, response-aligned [n, T], for one micro-batch."""
+    device = batch.input_ids.device
+    extra = {k: v.to(device) for k, v in encoder.pixel_inputs(
+        [im for row in batch.images for im in row]).items()}
+    extra.update({k: v.to(device) for k, v in batch.token_fields.items()})
+    logp, ent = compute_logprobs(
+        model, batch.input_ids, batch.attention_mask, batch.loss_mask, extra_inputs=extra or None,
+        token_budget=batch.input_ids.numel(), with_entropy=with_entropy, temperature=temperature)
+    mask = batch.response_mask.to(logp.dtype)
+    logp = logp.gather(1, batch.resp_pos) * mask
+    ent = ent.gather(1, batch.resp_pos) * mask if ent is not None else None
+    return logp, ent
+
+
+def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, token_budget: int, *,
+                   with_entropy: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad response log-probs/entropy for all rows (reference, old policy, or pass one)."""
+    mbs = micro_batches(batch, token_budget)
+    n, t = batch.response_mask.shape
+    logp = torch.zeros((n, t), dtype=torch.float32, device=batch.input_ids.device)
+    ent = torch.zeros_like(logp) if with_entropy else None
+    with torch.no_grad():
+        for rows in mbs:
+            lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=with_entropy,
+                                       temperature=temperature)
+            logp[rows] = lp.float()
+            if ent is not None and en is not None:
+                ent[rows] = en.float()
+    return logp, ent
+
+
+def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch, loss_fn: LossFn,
+                        token_budget: int, *, with_entropy: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
+    """Back-propagate `loss_fn(logp, entropy)` over the whole batch; returns (loss, metrics, logp, H).
+
+    One micro-batch: a plain forward/backward. Several: the two-pass replay described above.
+    Gradients are only accumulated here; data-parallel averaging happens after (see `loop`).
+    """
+    mbs = micro_batches(batch, token_budget)
+    if len(mbs) == 1:
+        logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy)
+        loss, metrics = loss_fn(logp, ent)
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), metrics, logp.detach(), None if ent is None else ent.detach()
+    logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy)
+    leaf_logp = logp0.clone().requires_grad_(True)
+    leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None else None
+    loss, metrics = loss_fn(leaf_logp, leaf_ent)
+    if not torch.isfinite(loss):
+        return loss.detach(), metrics, logp0, ent0
+    inputs = [leaf_logp] + ([leaf_ent] if leaf_ent is not None else [])
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    g_logp = grads[0] if grads[0] is not None else torch.zeros_like(logp0)
+    g_ent = grads[1] if len(grads) > 1 and grads[1] is not None else None
+    need_ent = with_entropy and g_ent is not None
+    for rows in mbs:
+        lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent)
+        surrogate = (lp * g_logp[rows].to(lp.dtype)).sum()
+        if need_ent and en is not None:
+            surrogate = surrogate + (en * g_ent[rows].to(en.dtype)).sum()
+        surrogate.backward()
+    return loss.detach(), metrics, logp0, ent0

@@ -1,0 +1,79 @@
+"""Rollout: HF sampler (seeding, greedy, padding invariance, finish reasons), groups with demos, collation."""
+
+import pytest
+import torch
+
+from duotune.data import Example
+from duotune.errors import DataError
+from duotune.models import load_model
+from duotune.rollout import HFSampler, PromptEncoder, SamplingParams, build_groups, collate
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_model("tiny-llm")
+
+
+def _examples(k=3):
+    return [Example(id=f"e{i}", prompt=[{"role": "user", "content": "add " + "1 " * (i * 3 + 1)}],
+                    answer=str(i), demo=f"the sum is {i}") for i in range(k)]
+
+
+def test_sampler_shapes_seed_and_finish_reasons(bundle):
+    s = HFSampler(bundle, batch_size=4)
+    p = SamplingParams(n=3, max_new_tokens=6, seed=7)
+    a, b = s.generate(_examples(), p), s.generate(_examples(), p)
+    assert [len(x) for x in a] == [3, 3, 3]
+    assert [[c.token_ids for c in x] for x in a] == [[c.token_ids for c in x] for x in b]
+    eos = PromptEncoder(bundle).eos_ids
+    for c in (c for x in a for c in x):
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] in eos and not set(c.token_ids[:-1]) & set(eos)
+        else:
+            assert len(c.token_ids) == 6 and not set(c.token_ids) & set(eos)
+
+
+def test_seeded_sampling_leaves_global_rng_alone(bundle):
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    HFSampler(bundle).generate(_examples(1), SamplingParams(n=2, max_new_tokens=3, seed=1))
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_greedy_is_independent_of_batching(bundle):
+    """Left padding + sorted batches must not change greedy outputs."""
+    p = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
+    one = HFSampler(bundle, batch_size=1).generate(_examples(), p)
+    many = HFSampler(bundle, batch_size=8).generate(_examples(), p)
+    assert [[c.token_ids for c in x] for x in one] == [[c.token_ids for c in x] for x in many]
+    assert all(x[0].token_ids == x[1].token_ids for x in one)
+
+
+def test_groups_with_demo_member_and_collation(bundle):
+    enc = PromptEncoder(bundle)
+    exs = _examples(2)
+    r = build_groups(HFSampler(bundle), enc, exs, SamplingParams(seed=0), group_size=4,
+                     demo_in_group=True, demo_rows=False, max_completion_length=5)
+    assert r.group_ids == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert r.is_demo == [False, False, False, True] * 2
+    demo_ids = enc.tokenizer(exs[1].demo, add_special_tokens=False)["input_ids"] + [enc.eos_ids[0]]
+    assert r.responses[7] == demo_ids[:5] and r.truncated[7] == (len(demo_ids) > 5)
+    b = collate(r, enc)
+    # the response-aligned gather returns exactly each row's response ids
+    for i, resp in enumerate(r.responses):
+        got = b.input_ids[i].gather(0, b.resp_pos[i])[: len(resp)].tolist()
+        assert got == resp
+        assert int(b.loss_mask[i].sum()) == len(resp) == int(b.response_mask[i].sum())
+    assert torch.equal(b.demo_mask.sum(-1) > 0, b.is_demo)
+
+
+def test_demo_rows_outside_groups_and_missing_demo(bundle):
+    enc = PromptEncoder(bundle)
+    r = build_groups(None, enc, _examples(2), None, group_size=0, demo_in_group=False,
+                     demo_rows=True, max_completion_length=64)
+    assert r.group_ids == [-1, -1] and r.is_demo == [True, True]
+    bad = [Example(id="x9", prompt=[{"role": "user", "content": "q"}], answer="1")]
+    with pytest.raises(DataError, match="x9.*demo"):
+        build_groups(None, enc, bad, None, group_size=0, demo_in_group=False, demo_rows=True,
+                     max_completion_length=8)

@@ -1,0 +1,161 @@
+"""Trainer: every method trains on tiny-llm, SRFT loss == algos.srft_loss, exact micro-batching,
+reward rises under GRPO, pipelines hand weights over, resume == uninterrupted, clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from duotune import algos
+from duotune.config import load_config
+from duotune.errors import ConfigError, DataError
+from duotune.models import compute_logprobs, load_model
+from duotune.registry import Registry
+from duotune.rollout import HFSampler, PromptEncoder, SamplingParams, build_groups, collate
+from duotune.trainers import METHODS, LossInputs, TrainConfig, train
+from duotune.trainers.compute import backward_full_batch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
+
+
+def _count_digits(completions, **_):
+    """Share of digit characters: a dense reward that a random tiny model can climb."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+if "test_digit_share" not in Registry.all()["reward"]:
+    Registry.all()["reward"].register("test_digit_share", _count_digits)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    rows = [{"prompt": f"write digits {i}", "answer": str(i), "demo": f"{i}{i}{i} {i}"} for i in range(8)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _cfg(tmp_path, data_file, method, *extra):
+    return load_config(TrainConfig, CONFIGS / f"{method}.yaml", [
+        f"data.train={data_file}", f"run.output_dir={tmp_path}", "run.progress=false",
+        "run.plots=false", "reward.names=[test_digit_share]", *extra])
+
+
+def _params(bundle):
+    return torch.cat([p.detach().reshape(-1).clone() for p in bundle.model.parameters()])
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo", "grpo_d", "luffy", "srft", "rl_sft_loss"])
+def test_each_method_trains(tmp_path, data_file, method):
+    before = _params(load_model("tiny-llm"))
+    res = train(_cfg(tmp_path, data_file, method, "steps=2"))
+    recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in recs)
+    assert not torch.equal(before, _params(res.bundle))
+    keys = {"loss/total", "train/grad_norm", "train/lr", "time/rollout", "time/train", "kl/beta",
+            "entropy/mean", "perf/tokens_per_s"}
+    if method != "sft":
+        keys |= {"reward/mean", "reward/std", "frac_reward_zero_std", "completion/len_mean",
+                 "completion/len_max", "completion/clipped_ratio", "reward/test_digit_share/mean"}
+    assert keys <= set(recs[-1]), keys - set(recs[-1])
+    assert (res.run_dir / "config.yaml").is_file() and res.checkpoint is not None
+
+
+def test_grpo_d_beta_follows_the_schedule(tmp_path, data_file):
+    res = train(_cfg(tmp_path, data_file, "grpo_d", "steps=3", "algo.kl.beta_min=0.01",
+                     "algo.kl.beta_max=0.05"))
+    betas = [json.loads(x)["kl/beta"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # record k logs beta after k optimizer steps of t = 3 (w = round(0.9) = 1)
+    assert betas == pytest.approx([algos.grpo_d_beta(s, 3, 0.01, 0.05) for s in (1, 2, 3)])
+
+
+def _srft_batch(bundle):
+    from duotune.data import load_examples
+
+    enc = PromptEncoder(bundle)
+    exs = [e for e in load_examples([{"prompt": f"q{i}", "answer": "1", "demo": "1 2 3 4"} for i in range(2)])]
+    r = build_groups(HFSampler(bundle), enc, exs, SamplingParams(seed=0), group_size=4,
+                     demo_in_group=True, demo_rows=False, max_completion_length=6)
+    return enc, collate(r, enc)
+
+
+def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
+    """The trainer's SRFT loss equals algos.srft_loss on a full-batch forward, and a 1-row token
+    budget (two-pass replay) gives the same loss and gradients as one micro-batch."""
+    cfg = _cfg(tmp_path, data_file, "srft")
+    bundle = load_model("tiny-llm")
+    enc, batch = _srft_batch(bundle)
+    n = batch.num_rows
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])[:n]
+    adv = rewards - rewards.view(-1, 4).mean(1).repeat_interleave(4)
+    inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards, advantages=adv,
+                     old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
+    loss_fn = lambda lp, h: METHODS.get("srft").loss(inp, lp, h)  # noqa: E731
+    grads = []
+    for budget in (10**9, 1):
+        bundle.model.zero_grad()
+        loss, _, _, _ = backward_full_batch(bundle.model, enc, batch, loss_fn, budget, with_entropy=True)
+        grads.append(torch.cat([p.grad.reshape(-1) for p in bundle.model.parameters()]))
+        if budget == 1:
+            assert loss == pytest.approx(float(first), rel=1e-5, abs=1e-6)
+        first = loss
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        lp, h = compute_logprobs(bundle.model, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                 with_entropy=True)
+        lp, h = lp.gather(1, batch.resp_pos) * batch.response_mask, h.gather(1, batch.resp_pos) * batch.response_mask
+        a = cfg.algo
+        ref, _ = algos.srft_loss(logp=lp, entropy=h, mask=batch.response_mask, demo_mask=batch.demo_mask,
+                                 advantages=adv, rewards=rewards, l_max=cfg.rollout.max_completion_length,
+                                 gamma=a.demo_gamma, entropy_coef=a.entropy_coef,
+                                 sft_weight_sign=a.srft_sft_weight_sign, granularity=a.srft_entropy_granularity)
+    assert float(first) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+
+
+def test_grpo_reward_rises(tmp_path, data_file):
+    res = train(_cfg(tmp_path, data_file, "grpo", "steps=12", "optim.lr=3e-3", "rollout.group_size=8"))
+    r = [json.loads(x)["reward/mean"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r[-3:]) / 3 > sum(r[:3]) / 3 + 0.05, r
+
+
+def test_pipeline_hands_weights_to_the_next_stage(tmp_path, data_file):
+    from safetensors.torch import load_file
+
+    res = train(_cfg(tmp_path, data_file, "sft_then_grpo", "run.keep_last=3"))
+    recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["stage_step"], r["step"]) for r in recs] == [(0, 1, 1), (0, 2, 2), (1, 1, 3)]
+    assert [r["method"] for r in recs] == ["sft", "sft", "grpo"]
+    end_of_sft = load_file(next((res.run_dir / "checkpoint-000002" / "model").glob("*.safetensors")))
+    grpo_ref = load_file(next((res.run_dir / "stage-1-init").glob("*.safetensors")))
+    initial = load_model("tiny-llm").model.state_dict()
+    assert all(torch.equal(end_of_sft[k], grpo_ref[k]) for k in grpo_ref)
+    assert any(not torch.equal(end_of_sft[k], initial[k]) for k in end_of_sft if k in initial)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, data_file):
+    over = ["steps=4", "num_iterations=2", "optim.schedule=cosine", "run.save_every=1"]
+    full = train(_cfg(tmp_path, data_file, "srft", "run.name=full", *over))
+    train(_cfg(tmp_path, data_file, "srft", "run.name=cut", "run.stop_after=2", *over))
+    cut = train(_cfg(tmp_path, data_file, "srft", "run.name=cut", *over))
+    losses = [[json.loads(x)["loss/total"] for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+              for r in (full, cut)]
+    assert len(losses[1]) == 4
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    assert sorted(p.name for p in cut.run_dir.glob("checkpoint-*")) == ["checkpoint-000003", "checkpoint-000004"]
+
+
+def test_bad_config_and_bad_rows(tmp_path, data_file):
+    with pytest.raises(ConfigError, match="unknown method 'srtf'.*did you mean 'srft'"):
+        _cfg(tmp_path, data_file, "srft", "method=srtf")
+    with pytest.raises(ConfigError, match="unknown key 'rollout.group_sise'"):
+        _cfg(tmp_path, data_file, "grpo", "rollout.group_sise=4")
+    nodemo = tmp_path / "nodemo.jsonl"
+    nodemo.write_text(json.dumps({"prompt": "q", "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match="demo"):
+        train(_cfg(tmp_path, data_file, "srft", f"data.train={nodemo}", "steps=1"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"prompt": "q", "answer": "1", "demo": "d"}) + "\n{not json\n")
+    with pytest.raises(DataError, match="broken.jsonl.*row 2"):
+        train(_cfg(tmp_path, data_file, "sft", f"data.train={broken}", "steps=1"))
