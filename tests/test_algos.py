@@ -115,7 +115,8 @@ def test_demo_excluded_from_group_stats():
                                     include_in_stats=inc)
     assert flat.tolist() == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(ShapeError, match="no member"):
-        algos.grouped_advantages(r, ids, std_normalize=False, include_in_stats=torch.zeros(4, dtype=torch.bool))
+        algos.grouped_advantages(r, ids, std_normalize=False,
+                                 include_in_stats=torch.zeros(4, dtype=torch.bool))
 
 
 def test_grouped_matches_group_advantages_and_skips_ungrouped_rows():
@@ -134,7 +135,7 @@ def test_grouped_matches_group_advantages_and_skips_ungrouped_rows():
 
 def test_kl_estimator_values():
     lp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
-    # k1 = ln 2 = 0.693147; k2 = 0.5 ln^2 2 = 0.240227; k3 = 0.5 - ln 2 ... = exp(-ln2) + ln 2 - 1 = 0.193147
+    # d = ref - logp = -ln 2: k1 = ln 2 = 0.693147; k2 = 0.5 ln^2 2 = 0.240227; k3 = e^d - d - 1 = 0.193147
     assert algos.kl_estimate(lp, ref, "k1").item() == pytest.approx(0.6931472)
     assert algos.kl_estimate(lp, ref, "k2").item() == pytest.approx(0.2402265)
     assert algos.kl_estimate(lp, ref, "k3").item() == pytest.approx(0.1931472)
@@ -165,7 +166,8 @@ def _brute(loss, mask, mode, l_max):
     return total / l_max
 
 
-@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "sum_over_lmax"])
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm",
+                                  "sum_over_lmax"])
 @pytest.mark.parametrize("l_max", [None, 9])
 def test_aggregation_matches_brute_force(mode, l_max):
     torch.manual_seed(2)

@@ -58,6 +58,13 @@ def test_fake_sampler_exact_scores_and_records():
     assert s["settings"]["temperature"] == 0.6 and s["settings"]["max_new_tokens"] == 8192
 
 
+@pytest.mark.parametrize("name", ["gsm8k", "aime24", "aime25", "amc23"])
+def test_every_numeric_gold_grades_itself_right_with_the_training_verifier(name):
+    s = evaluate(FakeSampler(lambda ex, j: _boxed(ex.answer)), name, n=1, progress=False,
+                 batch_size=256)[name]
+    assert s["accuracy"] == 1.0 and s["ungradable_items"] == 0 and s["items"] == len(load_benchmark(name))
+
+
 def test_pass_and_maj_over_samples():
     # Per item: wrong, right, wrong -> pass@1 1/3, pass@2 2/3, pass@3 1; votes: "-1" wins every k.
     sampler = FakeSampler(lambda ex, j: _boxed(ex.answer if j == 1 else -1))
@@ -158,7 +165,8 @@ def test_matrix_rows_models_columns_benchmarks(tmp_path):
         evaluate_matrix([good, bad], "gsm8k", labels=["x", "x"], out_dir=tmp_path)
 
 
-@pytest.mark.parametrize("add,model_flag", [(add_eval_arguments, "--model"), (add_matrix_arguments, "--models")])
+@pytest.mark.parametrize("add,model_flag", [(add_eval_arguments, "--model"),
+                                            (add_matrix_arguments, "--models")])
 def test_every_cli_flag_has_help(add, model_flag):
     parser = argparse.ArgumentParser()
     add(parser)
@@ -167,6 +175,7 @@ def test_every_cli_flag_has_help(add, model_flag):
             "--temperature", "--out", "--seed"} <= {o for a in flags for o in a.option_strings}
     assert all(a.help for a in flags)
     args = parser.parse_args([model_flag, "m", "--suite", "ood", "--limit", "5", "--n", "4"])
-    assert (args.suite, args.limit, args.n, args.temperature, args.batch_size) == ("ood", 5, 4, None, 8)
+    assert (args.suite, args.limit, args.n, args.batch_size) == ("ood", 5, 4, 8)
+    assert not hasattr(args, "temperature")  # not given: the benchmark's default applies
     with pytest.raises(SystemExit):
         parser.parse_args([model_flag, "m", "--limit", "0"])

@@ -67,8 +67,16 @@ def test_summarize_hand_built_records():
     assert s["mean_length"] == 35.0
     assert s["truncated_fraction"] == pytest.approx(2 / 6)
     assert s["answered_fraction"] == pytest.approx(5 / 6)
+    assert s["ungradable_items"] == 0
     assert s["breakdown"] == {"level": {"1": {"items": 1, "accuracy": pytest.approx(1 / 3)},
                                         "2": {"items": 1, "accuracy": pytest.approx(1 / 3)}}}
+
+
+def test_summarize_counts_items_whose_gold_cannot_be_graded():
+    records = [_rec("a", 0, 0.0), _rec("a", 1, 0.0), _rec("b", 0, 1.0)]
+    records[1]["gradable"] = False
+    s = summarize(records, {})
+    assert s["ungradable_items"] == 1 and s["accuracy"] == 0.5
 
 
 def test_summarize_of_nothing_is_zero():

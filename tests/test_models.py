@@ -11,7 +11,7 @@ from PIL import Image
 
 from duotune.errors import ConfigError, UnknownNameError
 from duotune.models import MODELS, ModelBundle, freeze_vision_tower, load_model, save_model
-from duotune.models.embedded import SMOLLM2, cached_path
+from duotune.models.embedded import SMOLLM2, build_cached, cached_path, convert_gguf, gguf_file, is_complete
 
 VLMS = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava"]
 TEXT = ["tiny-llm", "tiny-qwen2"]
@@ -93,7 +93,8 @@ def test_freeze_vision_tower_freezes_only_the_encoder():
     assert frozen == tower and tower
     assert all(p.requires_grad for n, p in qwen.model.named_parameters() if ".merger." in n)
     llava = load_model("tiny-llava")
-    assert freeze_vision_tower(llava.model) == len([n for n, _ in llava.model.named_parameters() if "vision_tower" in n])
+    tower = [n for n, _ in llava.model.named_parameters() if "vision_tower" in n]
+    assert freeze_vision_tower(llava.model) == len(tower)
     trainable = {n.removeprefix("model.").split(".")[0] for n, p in llava.model.named_parameters()
                  if p.requires_grad}
     assert trainable == {"multi_modal_projector", "language_model", "lm_head"}
@@ -140,3 +141,55 @@ def test_embedded_model_answers_greedily(smollm2):
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = smollm2.model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=smollm2.pad_id)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_smollm2_vision_wraps_the_real_language_model(smollm2):
+    vlm = load_model("smollm2-vision")  # built once into the cache (~5 s), then ~1 s
+    model, lm = vlm.model, smollm2.model
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and vlm.is_vlm
+    # SmolLM2's weights are copied in unchanged; the only new row is the <image> token (id 49152).
+    image_id = model.config.image_token_id
+    assert image_id == 49152 == len(vlm.tokenizer) - 1 and vlm.vision_token_ids == [image_id]
+    ours = model.model.language_model.state_dict()
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(ours[key][:value.shape[0]], value), key
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    ids = smollm2.tokenizer("Natalia sold 48 clips", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits[..., :49152], lm(input_ids=ids).logits, atol=1e-4)
+        # A 112-px image becomes (112/16)^2 = 49 placeholder tokens, fed by the random tower.
+        inputs = vlm_inputs(vlm, Image.new("RGB", (200, 150), (255, 0, 0)))
+        assert int((inputs["input_ids"] == image_id).sum()) == 49
+        assert torch.isfinite(model(**inputs).logits).all()
+    towers = {n.split(".")[1] for n, _ in model.named_parameters() if n.startswith("model.")}
+    assert towers == {"vision_tower", "multi_modal_projector", "language_model"}
+
+
+def test_build_cached_is_atomic(tmp_path):
+    target = tmp_path / "models" / "m"
+
+    def crash(folder):
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        build_cached(target, crash)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no half cache, no temp left
+
+    def write(folder):
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"x")
+
+    assert build_cached(target, write) == target and is_complete(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m"]
+    assert build_cached(target, write) == target  # a concurrent finisher's copy is kept, ours dropped
+
+
+@pytest.mark.slow
+def test_gguf_conversion_from_scratch(tmp_path, smollm2):
+    # ~20 s: dequantise the GGUF again and check the cache holds exactly those weights.
+    convert_gguf(gguf_file(), tmp_path)
+    fresh = load_model(str(tmp_path))
+    cached = smollm2.model.state_dict()
+    assert all(torch.equal(v, cached[k]) for k, v in fresh.model.state_dict().items())
+    assert fresh.tokenizer("2 + 3 = 5")["input_ids"] == smollm2.tokenizer("2 + 3 = 5")["input_ids"]

@@ -106,6 +106,23 @@ def test_plan_trims_shared_padding_and_respects_budget():
     # Longest first: row1 alone (6; adding row0 would be 2 x 6 = 12 > 8), then rows 0+2 share
     # columns 2..5: 2 rows x 4 = 8 tokens.
     assert [(p.rows.tolist(), p.start, p.stop) for p in plans] == [([1], 0, 6), ([0, 2], 2, 6)]
+    # Two 4-token rows at different offsets span 7 columns together: 2 x 7 = 14 > 8, so apart.
+    shifted = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]])
+    plans = plan_micro_batches(shifted, torch.ones(2, dtype=torch.bool), token_budget=8)
+    assert [(p.rows.tolist(), p.start, p.stop) for p in plans] == [([1], 3, 7), ([0], 0, 4)]
+
+
+def test_padding_inside_a_row_changes_nothing(tiny):
+    # Positions follow the attention mask (as in `generate`), so a prompt | pad | response row
+    # scores exactly like the same tokens without the gap.
+    ids, attn, loss = padded_batch([4], [3], seed=5)
+    gap_ids = torch.cat([ids[:, :4], torch.zeros(1, 2, dtype=torch.long), ids[:, 4:]], 1)
+    gap_attn = torch.cat([attn[:, :4], torch.zeros(1, 2, dtype=torch.long), attn[:, 4:]], 1)
+    gap_loss = torch.cat([loss[:, :4], torch.zeros(1, 2, dtype=torch.long), loss[:, 4:]], 1)
+    with torch.no_grad():
+        plain, _ = compute_logprobs(tiny.model, ids, attn, loss)
+        gapped, _ = compute_logprobs(tiny.model, gap_ids, gap_attn, gap_loss)
+    assert torch.allclose(gapped[:, 6:], plain[:, 4:], atol=1e-5) and (gapped[:, :6] == 0).all()
 
 
 def test_bad_shapes_and_masks_name_the_argument(tiny):
@@ -113,12 +130,11 @@ def test_bad_shapes_and_masks_name_the_argument(tiny):
     with pytest.raises(ShapeError, match="loss_mask must have the shape of input_ids"):
         compute_logprobs(tiny.model, ids, attn, loss[:, :-1])
     bad = loss.clone()
-    bad[0, 0] = 1
-    with pytest.raises(ShapeError, match=r"loss_mask\[:, 0\] must be 0"):
+    bad[1, 1] = 1  # row 1's prompt has 2 tokens, padded on the left: column 1 is its first
+    with pytest.raises(ShapeError, match="first real token, which has no context"):
         compute_logprobs(tiny.model, ids, attn, bad)
     bad = loss.clone()
     bad[0, 1] = 1  # a padding column of row 0 (its prompt has 3 tokens: columns 0-2 are real)
-    bad[1, 0:2] = 0
     attn2 = attn.clone()
     attn2[0, 1] = 0
     with pytest.raises(ShapeError, match="loss_mask is 1 where attention_mask is 0"):

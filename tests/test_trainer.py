@@ -24,8 +24,14 @@ def _count_digits(completions, **_):
     return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
 
 
+def _any_digit(completions, **_):
+    """Binary (0/1) reward, as SRFT's outcome split needs: 1 when the completion has a digit."""
+    return [float(any(ch.isdigit() for ch in c)) for c in completions]
+
+
 if "test_digit_share" not in Registry.all()["reward"]:
     Registry.all()["reward"].register("test_digit_share", _count_digits)
+    Registry.all()["reward"].register("test_any_digit", _any_digit)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +43,10 @@ def data_file(tmp_path_factory):
 
 
 def _cfg(tmp_path, data_file, method, *extra):
+    reward = "test_any_digit" if method == "srft" else "test_digit_share"
     return load_config(TrainConfig, CONFIGS / f"{method}.yaml", [
         f"data.train={data_file}", f"run.output_dir={tmp_path}", "run.progress=false",
-        "run.plots=false", "reward.names=[test_digit_share]", *extra])
+        "run.plots=false", f"reward.names=[{reward}]", *extra])
 
 
 def _params(bundle):
@@ -58,7 +65,10 @@ def test_each_method_trains(tmp_path, data_file, method):
             "entropy/mean", "perf/tokens_per_s"}
     if method != "sft":
         keys |= {"reward/mean", "reward/std", "frac_reward_zero_std", "completion/len_mean",
-                 "completion/len_max", "completion/clipped_ratio", "reward/test_digit_share/mean"}
+                 "completion/len_max", "completion/clipped_ratio",
+                 "reward/test_any_digit/mean" if method == "srft" else "reward/test_digit_share/mean"}
+    if method == "srft":  # SPEC 6's per-step log
+        keys |= {"srft/w_sft", "srft/w_rl", "entropy/on_policy", "demo/p_mean"}
     assert keys <= set(recs[-1]), keys - set(recs[-1])
     assert (res.run_dir / "config.yaml").is_file() and res.checkpoint is not None
 
@@ -107,17 +117,20 @@ def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
                                  with_entropy=True)
         lp, h = lp.gather(1, batch.resp_pos) * batch.response_mask, h.gather(1, batch.resp_pos) * batch.response_mask
         a = cfg.algo
-        ref, _ = algos.srft_loss(logp=lp, entropy=h, mask=batch.response_mask, demo_mask=batch.demo_mask,
+        ref, _ = algos.srft_loss(logp=lp, token_entropy=h, mask=batch.response_mask, is_demo=batch.demo_mask,
                                  advantages=adv, rewards=rewards, l_max=cfg.rollout.max_completion_length,
                                  gamma=a.demo_gamma, entropy_coef=a.entropy_coef,
-                                 sft_weight_sign=a.srft_sft_weight_sign, granularity=a.srft_entropy_granularity)
+                                 sft_weight_sign=a.srft_sft_weight_sign, entropy_granularity=a.srft_entropy_granularity)
     assert float(first) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
 
 
 def test_grpo_reward_rises(tmp_path, data_file):
-    res = train(_cfg(tmp_path, data_file, "grpo", "steps=12", "optim.lr=3e-3", "rollout.group_size=8"))
+    # Seeded GRPO on a dense reward (share of digit characters): a random byte-level model starts
+    # near 10/264 and climbs; measured here 0.03 -> 0.25 over the last three steps.
+    res = train(_cfg(tmp_path, data_file, "grpo", "steps=12", "optim.lr=1e-2", "rollout.group_size=8",
+                     "algo.kl.beta=0"))
     r = [json.loads(x)["reward/mean"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r[-3:]) / 3 > sum(r[:3]) / 3 + 0.05, r
+    assert sum(r[-3:]) / 3 > sum(r[:3]) / 3 + 0.1, r
 
 
 def test_pipeline_hands_weights_to_the_next_stage(tmp_path, data_file):
@@ -138,7 +151,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, data_file):
     over = ["steps=4", "num_iterations=2", "optim.schedule=cosine", "run.save_every=1"]
     full = train(_cfg(tmp_path, data_file, "srft", "run.name=full", *over))
     train(_cfg(tmp_path, data_file, "srft", "run.name=cut", "run.stop_after=2", *over))
-    cut = train(_cfg(tmp_path, data_file, "srft", "run.name=cut", *over))
+    cut = train(_cfg(tmp_path, data_file, "srft", "run.name=cut", "run.resume=auto", *over))
     losses = [[json.loads(x)["loss/total"] for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
               for r in (full, cut)]
     assert len(losses[1]) == 4

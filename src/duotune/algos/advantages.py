@@ -85,8 +85,9 @@ def frac_zero_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
         return 0.0
     r, gid = rewards[keep].detach().double(), gid[keep]
     uniq, inv = torch.unique(gid, return_inverse=True)
-    hi = torch.full((len(uniq),), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce_(0, inv, r, "amax")
-    lo = torch.full((len(uniq),), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce_(0, inv, r, "amin")
+    init = torch.zeros(len(uniq), dtype=r.dtype, device=r.device)
+    hi = (init - torch.inf).scatter_reduce_(0, inv, r, "amax")
+    lo = (init + torch.inf).scatter_reduce_(0, inv, r, "amin")
     return float((hi == lo).double().mean())
 
 

@@ -10,7 +10,7 @@ import torch
 
 from duotune.algos import _shapes
 from duotune.algos.demo import luffy_shaping
-from duotune.errors import ConfigError, ShapeError
+from duotune.errors import ConfigError
 
 GRANULARITIES = ("sequence", "token", "batch")
 
@@ -36,7 +36,10 @@ def _sft_weight(h: torch.Tensor, demo_tok: torch.Tensor, sft_coef: float, sign: 
     return sft_coef * torch.exp(sign * hbar)
 
 
-def _check(logp, token_entropy, mask, is_demo, rewards, advantages, l_max, sign, granularity):
+def _check(logp: torch.Tensor, token_entropy: torch.Tensor, mask: torch.Tensor, is_demo: torch.Tensor,
+           rewards: torch.Tensor, advantages: torch.Tensor, l_max: int, sign: int, granularity: str,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate SRFT's inputs; return (demo tokens, rollout tokens, rewards [N], advantages [N, T])."""
     _shapes.tensor("logp", logp, 2, "[N, T]")
     _shapes.same_shape("token_entropy", token_entropy, "logp", logp)
     m = _shapes.mask("mask", mask, "logp", logp)
@@ -53,8 +56,9 @@ def _check(logp, token_entropy, mask, is_demo, rewards, advantages, l_max, sign,
     bad = roll_rows & (r != 0) & (r != 1)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ShapeError(f"rewards[{i}] = {float(r[i])}: srft_loss needs binary rollout rewards in "
-                         f"{{0, 1}} (SPEC 6 splits rollouts into correct r = 1 and incorrect r = 0)")
+        raise ConfigError(f"rewards[{i}] = {float(r[i])}: srft_loss needs binary rollout rewards in "
+                          f"{{0, 1}} (SPEC 6 splits rollouts into correct r = 1 and incorrect r = 0); "
+                          f"use a 0/1 reward such as math")
     return m & demo, m & ~demo, r, adv
 
 
@@ -95,4 +99,4 @@ def srft_loss(logp: torch.Tensor, token_entropy: torch.Tensor, mask: torch.Tenso
             "entropy": h_all, "entropy_on_policy": _mean(h, roll_tok), "entropy_demo": _mean(h, demo_tok),
             "demo_p_mean": _mean(logp.exp(), demo_tok),
         }
-    return loss, {k: float(v) for k, v in metrics.items()}
+    return loss, {k: float(v.detach()) for k, v in metrics.items()}

@@ -75,7 +75,7 @@ def _verl_mcq_rows(path: str) -> list[Example]:
         try:
             ex.meta["choice"] = parse_options(user, ex.answer or "")
         except DataError as e:
-            raise DataError(str(e).split(": ", 1)[-1], file=path, row=row, field=e.field) from None
+            raise _at_row(e, path, row) from None
     return examples
 
 
@@ -88,10 +88,17 @@ def _mmlu_pro_rows(path: str) -> list[Example]:
         for stale in ("answer_index", "cot_content"):  # the index changes with the shuffle; CoT is empty
             ex.meta.pop(stale, None)
         try:
-            ex.meta["choice"] = choice_from_list(question, ex.meta.pop("options", None) or [], ex.answer or "")
+            options = ex.meta.pop("options", None) or []
+            ex.meta["choice"] = choice_from_list(question, options, ex.answer or "")
         except DataError as e:
-            raise DataError(str(e).split(": ", 1)[-1], file=path, row=row, field=e.field) from None
+            raise _at_row(e, path, row) from None
     return examples
+
+
+def _at_row(err: DataError, path: str, row: int) -> DataError:
+    """The same error, now naming the file and the 1-based row."""
+    message = str(err).removeprefix(f"field {err.field!r}: " if err.field else "")
+    return DataError(message, file=path, row=row, field=err.field)
 
 
 def _register(name: str, file: str, kind: Literal["math", "mcq"], read: Callable[[str], list[Example]],

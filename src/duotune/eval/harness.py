@@ -26,6 +26,8 @@ from duotune.eval.records import SampleStore, prompt_hash
 if TYPE_CHECKING:
     from duotune.rollout.sampler import Sampler, SamplingParams
 
+_Todo = list[tuple[Example, list[int]]]  # items with the sample indices they still miss
+
 
 class ModelSource:
     """What samples: a `Sampler`, a `ModelBundle`, or a model name/path loaded on first use (so a
@@ -83,10 +85,10 @@ def evaluate(model: Any, benchmarks: str | Sequence[str] | None = None, *, suite
     summaries to `<out>/<benchmark>/summary.json` and `<out>/summary.json`; re-running with the same
     settings skips finished samples. Returns {benchmark: summary}.
     """
-    source = model if isinstance(model, ModelSource) else ModelSource(
-        model, batch_size=batch_size, device=device, name=model_name)
     from duotune.rollout.sampler import SamplingParams
 
+    source = model if isinstance(model, ModelSource) else ModelSource(
+        model, batch_size=batch_size, device=device, name=model_name)
     out = Path(out_dir) if out_dir is not None else None
     results: dict[str, dict[str, Any]] = {}
     for name in resolve_benchmarks(benchmarks, suite):
@@ -141,9 +143,9 @@ def _run_benchmark(source: ModelSource, run: _Run, examples: list[Example], batc
     return summary
 
 
-def _chunks(todo: list[tuple[Example, list[int]]], batch_size: int) -> Iterator[list[tuple[Example, list[int]]]]:
+def _chunks(todo: _Todo, batch_size: int) -> Iterator[_Todo]:
     """Consecutive items whose missing samples add up to about `batch_size` sequences (at least one item)."""
-    chunk: list[tuple[Example, list[int]]] = []
+    chunk: _Todo = []
     size = 0
     for item in todo:
         chunk.append(item)
@@ -155,13 +157,13 @@ def _chunks(todo: list[tuple[Example, list[int]]], batch_size: int) -> Iterator[
         yield chunk
 
 
-def _sample_chunk(sampler: Sampler, chunk: list[tuple[Example, list[int]]], run: _Run,
+def _sample_chunk(sampler: Sampler, chunk: _Todo, run: _Run,
                   hashes: dict[str, str]) -> list[dict[str, Any]]:
     """Sample the missing indices of each item (items grouped by how many they miss) and grade them."""
-    groups: dict[int, list[tuple[Example, list[int]]]] = defaultdict(list)
+    groups: dict[int, _Todo] = defaultdict(list)
     for ex, missing in chunk:
         groups[len(missing)].append((ex, missing))
-    records: list[dict[str, Any]] = []
+    pending: list[tuple[Example, int, Any]] = []
     for count, items in groups.items():
         first_ex, first_missing = items[0]
         params = replace(run.params, n=count, seed=_chunk_seed(run.params.seed, run.name, first_ex.id,
@@ -170,19 +172,20 @@ def _sample_chunk(sampler: Sampler, chunk: list[tuple[Example, list[int]]], run:
         if len(outputs) != len(items) or any(len(o) != count for o in outputs):
             raise RuntimeError(f"sampler {type(sampler).__name__} returned {[len(o) for o in outputs]} "
                                f"completions for {len(items)} prompts x n={count}")
-        for (ex, missing), completions in zip(items, outputs):
-            graded = grade(run.kind, [c.text for c in completions], ex.answer or "")
-            for j, comp, (extracted, score) in zip(missing, completions, graded):
-                records.append({
-                    "item_id": ex.id, "sample_index": j, "prompt_hash": hashes[ex.id], "gold": ex.answer,
-                    "completion": comp.text, "extracted": extracted, "score": score,
-                    "length": len(comp.token_ids), "truncated": comp.finish_reason == "length"})
-    return records
+        pending += [(ex, j, comp) for (ex, missing), comps in zip(items, outputs)
+                    for j, comp in zip(missing, comps)]
+    # One grading call per chunk keeps the grading pool's workers busy in parallel.
+    graded = grade(run.kind, [c.text for _, _, c in pending], [ex.answer or "" for ex, _, _ in pending])
+    return [{"item_id": ex.id, "sample_index": j, "prompt_hash": hashes[ex.id], "gold": ex.answer,
+             "completion": comp.text, "extracted": extracted, "score": score or 0.0,
+             "gradable": score is not None,
+             "length": len(comp.token_ids), "truncated": comp.finish_reason == "length"}
+            for (ex, j, comp), (extracted, score) in zip(pending, graded)]
 
 
 def _chunk_seed(seed: int | None, name: str, item_id: str, index: int) -> int | None:
     """A per-batch seed fixed by the run seed and the batch's first sample, so a resumed run draws
-    the same samples it would have drawn uninterrupted for that batch."""
+    the same samples it would have drawn uninterrupted (with the same batch size)."""
     if seed is None:
         return None
     digest = hashlib.sha256(f"{seed}:{name}:{item_id}:{index}".encode()).hexdigest()
@@ -203,5 +206,6 @@ def _merge_summaries(path: Path, results: dict[str, dict[str, Any]]) -> None:
 
 
 def _is_bundle(obj: Any) -> bool:
-    """A `ModelBundle` (model + tokenizer), as opposed to something with its own `generate`."""
-    return hasattr(obj, "model") and hasattr(obj, "tokenizer")
+    """A `ModelBundle` (model + tokenizer); anything with its own `generate` is a sampler."""
+    is_sampler = callable(getattr(obj, "generate", None))
+    return hasattr(obj, "model") and hasattr(obj, "tokenizer") and not is_sampler

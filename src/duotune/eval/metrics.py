@@ -53,11 +53,12 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
               breakdown: Sequence[str] = ()) -> dict[str, Any]:
     """Summary of graded samples of one benchmark.
 
-    records: dicts with item_id, sample_index, score, extracted, length, truncated.
+    records: dicts with item_id, sample_index, score, extracted, length, truncated (, gradable).
     item_meta: per item id the meta fields named in `breakdown` (e.g. subject, level).
     Returns accuracy (= avg@n: mean over items of the mean score over samples), avg@n, pass@k and
     maj@k for k = 1..n (n = the fewest samples any item has), mean length, truncated fraction, the
-    fraction of samples with an extracted answer, and per breakdown field {value: {items, accuracy}}.
+    fraction of samples with an extracted answer, the items whose gold the reward could not grade
+    (records with gradable False; scored 0), and per breakdown field {value: {items, accuracy}}.
     """
     by_item: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
@@ -65,7 +66,8 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
     samples = [r for rs in by_item.values() for r in rs]
     if not samples:
         return {"items": 0, "samples": 0, "n": 0, "accuracy": 0.0, "pass@k": {}, "maj@k": {},
-                "mean_length": 0.0, "truncated_fraction": 0.0, "answered_fraction": 0.0, "breakdown": {}}
+                "mean_length": 0.0, "truncated_fraction": 0.0, "answered_fraction": 0.0,
+                "ungradable_items": 0, "breakdown": {}}
     for rs in by_item.values():
         rs.sort(key=lambda r: r["sample_index"])
     n = min(len(rs) for rs in by_item.values())
@@ -83,6 +85,7 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
         "mean_length": _mean(r["length"] for r in samples),
         "truncated_fraction": _mean(float(bool(r["truncated"])) for r in samples),
         "answered_fraction": _mean(float(_vote_key(r.get("extracted")) is not None) for r in samples),
+        "ungradable_items": sum(not all(r.get("gradable", True) for r in rs) for rs in by_item.values()),
         "breakdown": _breakdown(item_acc, item_meta, breakdown),
     }
 
@@ -97,7 +100,8 @@ def _breakdown(item_acc: Mapping[str, float], item_meta: Mapping[str, Mapping[st
             if value is not None:
                 groups[str(value)].append(acc)
         if groups:
-            out[field] = {v: {"items": len(accs), "accuracy": _mean(accs)} for v, accs in sorted(groups.items())}
+            out[field] = {v: {"items": len(accs), "accuracy": _mean(accs)}
+                          for v, accs in sorted(groups.items())}
     return out
 
 

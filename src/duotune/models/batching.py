@@ -83,8 +83,8 @@ class ExtraInputs:
                 raise ShapeError(f"extra_inputs[{key!r}] has shape {tuple(value.shape)}; expected "
                                  f"[N={self.shape[0]}, ...] (one entry per row) or a per-image key "
                                  f"({', '.join(IMAGE_KEYS)})")
-        self.row_images: list[tuple[int, int]] = []
-        self.image_rows: list[tuple[int, int]] = []
+        self.row_images: list[tuple[int, int]] = []  # images [start, stop) of each row
+        self.spans: dict[str, list[tuple[int, int]]] = {}
         if self.image_keys:
             self._assign_images(config, input_ids)
 
@@ -120,7 +120,9 @@ class ExtraInputs:
             self.row_images.append((start, k))
         if k != len(per_image):
             raise ShapeError(f"extra_inputs hold {len(per_image)} images but input_ids place only {k}")
-        self.image_rows = [(offsets[i], offsets[i + 1]) for i in range(len(per_image))]
+        # Rows of each per-image tensor that belong to image k (pixel_values: its patches).
+        self.spans = {key: [(k, k + 1) for k in range(len(per_image))] for key in self.image_keys}
+        self.spans["pixel_values"] = [(offsets[k], offsets[k + 1]) for k in range(len(per_image))]
 
     def take(self, rows: torch.Tensor, start: int, stop: int) -> dict[str, Any]:
         """The extra inputs of `rows` (in that order) for columns [start, stop)."""
@@ -129,8 +131,7 @@ class ExtraInputs:
         for key, value in self.extra.items():
             if key in self.image_keys:
                 if images:
-                    spans = self.image_rows if key == "pixel_values" else [(k, k + 1) for k in range(len(self.image_rows))]
-                    out[key] = torch.cat([value[spans[k][0]:spans[k][1]] for k in images])
+                    out[key] = torch.cat([value[slice(*self.spans[key][k])] for k in images])
             elif not torch.is_tensor(value):
                 out[key] = value
             elif tuple(value.shape[:2]) == self.shape:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,40 +41,46 @@ def cached_path(alias: str = SMOLLM2) -> Path:
     return cache_dir() / "models" / alias
 
 
-def _is_complete(folder: Path) -> bool:
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a finished checkpoint (config + safetensors weights)."""
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def convert_gguf(source: Path, target: Path) -> Path:
-    """Dequantise `source` (GGUF) into a safetensors folder `target`, atomically.
+def build_cached(target: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(folder)` into a temporary sibling of `target`, then rename it to `target`.
 
-    Written to a temporary sibling folder, then renamed: a crash or a concurrent conversion never
-    leaves a half-written cache (the loser of a race discards its copy).
+    Atomic: a crash or a concurrent build never leaves a half-written cache (the loser of a race
+    discards its copy). Returns `target`.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        kw = dict(gguf_file=source.name)
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source.parent, dtype=torch.float32, **kw)
-        strip_gguf_quantizer(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache is meant to be shared
         try:
             tmp.rename(target)
         except OSError:
-            if not _is_complete(target):
+            if not is_complete(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+def convert_gguf(source: Path, folder: Path) -> None:
+    """Dequantise the GGUF file `source` into a safetensors checkpoint in `folder` (fp32)."""
+    kw = dict(gguf_file=source.name)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, dtype=torch.float32, **kw)
+    strip_gguf_quantizer(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
 def smollm2_folder() -> Path:
     """The cached safetensors folder of the embedded model, converting the GGUF on first use."""
     folder = cached_path(SMOLLM2)
-    return folder if _is_complete(folder) else convert_gguf(gguf_file(), folder)
+    return folder if is_complete(folder) else build_cached(folder, lambda tmp: convert_gguf(gguf_file(), tmp))
 
 
 @MODELS.register(SMOLLM2)

@@ -1,7 +1,7 @@
 """Per-token log-probs and entropies of given sequences, in micro-batches, with the LM head applied
 only where the loss mask is set (response tokens), so a [N, L, V] logits tensor never exists.
 
-Imports torch and `duotune.models.batching`/`duotune.errors`; never trainers or rollout.
+Imports torch, `duotune.algos` (entropy) and `duotune.models.batching`; never trainers or rollout.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from duotune.algos import entropy_from_logits
 from duotune.errors import ConfigError, ShapeError
 from duotune.models.batching import ExtraInputs, MicroBatch, image_token_id, plan_micro_batches
 
@@ -57,19 +58,22 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
 def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
            loss_mask: torch.Tensor, extra: dict[str, Any], mrope: bool, with_entropy: bool,
            temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One micro-batch: backbone forward, then the LM head on the K hidden states at t-1 of each
+    """One micro-batch: backbone forward, then the LM head on the K hidden states that predict each
     loss position t. Returns (flat indices into [N*L], logp [K], entropy [K] | None)."""
     rows = mb.rows.to(input_ids.device)
     ids = input_ids[rows, mb.start:mb.stop]
     am = attention_mask[rows, mb.start:mb.stop]
     r, t = loss_mask[rows, mb.start:mb.stop][:, 1:].bool().nonzero(as_tuple=True)
     t = t + 1
+    # The token before t is the last attended one before it: t-1, unless padding sits in between.
+    cols = torch.arange(am.shape[1], device=am.device).expand_as(am)
+    src = torch.where(am.bool(), cols, -1).cummax(-1).values[r, t - 1]
     kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=am, use_cache=False, **extra)
     if not mrope:  # M-RoPE models derive 3-D positions from the mask and image grids themselves
-        pass
+        kwargs["position_ids"] = (am.long().cumsum(-1) - 1).clamp(min=0)
 
     def pick_positions(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0][r, t - 1].unsqueeze(0),) + tuple(args[1:])
+        return (args[0][r, src].unsqueeze(0),) + tuple(args[1:])
 
     # A pre-hook swaps the head's input [n, w, H] for the K needed hidden states [1, K, H]; the
     # model's own forward still runs end to end (wrappers, logit scaling, DDP hooks all apply).
@@ -80,8 +84,8 @@ def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, atte
         handle.remove()
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, ids[r, t].unsqueeze(-1)).squeeze(-1)
-    # H = -sum_v p_v log p_v of the (tempered) next-token distribution, from the same log-softmax.
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    # H = -sum_v p_v log p_v of the (tempered) next-token distribution (SPEC's H[i, t]).
+    entropy = entropy_from_logits(logits) if with_entropy else None
     return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
 
 
@@ -109,8 +113,10 @@ def _check(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: tor
         if mask.shape != input_ids.shape:
             raise ShapeError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; "
                              f"got {tuple(mask.shape)}")
-    if loss_mask[:, :1].bool().any():
-        raise ShapeError("loss_mask[:, 0] must be 0: the first token has no context to predict it from")
+    first_real = attention_mask.bool() & (attention_mask.long().cumsum(-1) == 1)
+    if (loss_mask.bool() & first_real).any():
+        raise ShapeError("loss_mask is 1 at a row's first real token, which has no context to predict "
+                         "it from; mask the prompt (at least its first token)")
     if (loss_mask.bool() & ~attention_mask.bool()).any():
         raise ShapeError("loss_mask is 1 where attention_mask is 0; score only real (unpadded) tokens")
     if token_budget < 1:

@@ -80,8 +80,8 @@ class AlgoCfg(Cfg):
     sft_coef: float = Field(1.0, ge=0, description="weight of the demo NLL (rl_sft_loss)")
     mix_schedule: RegistryName(_R["mix_schedule"]) = Field(
         "constant", description="schedule of the demo-loss weight over the stage (axis 3)")
-    srft_sft_weight_sign: Literal["paper", "code"] = Field(
-        "paper", description="SRFT w_sft = 0.5*exp(-H) (paper) or exp(+H) (released code)")
+    srft_sft_weight_sign: Literal[-1, 1] = Field(
+        -1, description="SRFT w_sft = 0.5*exp(sign*H): -1 as in the paper, +1 as the released code")
     srft_entropy_granularity: Literal["sequence", "token", "batch"] = Field(
         "sequence", description="SRFT: entropy used in the weights")
 

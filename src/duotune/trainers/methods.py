@@ -144,10 +144,10 @@ def srft_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None):
     """SRFT (SPEC 6): entropy-weighted SFT + off-policy RL on the demo + outcome-split self-rollouts."""
     a = inp.cfg.algo
     loss, metrics = algos.srft_loss(
-        logp=logp, entropy=ent, mask=inp.mask, demo_mask=inp.batch.demo_mask,
+        logp=logp, token_entropy=ent, mask=inp.mask, is_demo=inp.batch.demo_mask,
         advantages=inp.advantages, rewards=inp.rewards, l_max=inp.cfg.rollout.max_completion_length,
         gamma=a.demo_gamma, entropy_coef=a.entropy_coef, sft_weight_sign=a.srft_sft_weight_sign,
-        granularity=a.srft_entropy_granularity)
+        entropy_granularity=a.srft_entropy_granularity)
     m = {k if "/" in k else f"srft/{k}": float(v) for k, v in metrics.items()}
     m.update(_demo_metrics(inp, logp, ent))
     return loss, m

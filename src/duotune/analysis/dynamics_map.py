@@ -1,0 +1,102 @@
+"""Learning-dynamics map (SPEC 9): each checkpoint is placed by its mean token log-prob on fixed
+reference responses from two or more reference models (e.g. the base model's answers and the task's
+programmatic demonstrations), so every run is drawn as a path from the shared initial point.
+
+Imports torch (through `analysis.teacher`), `duotune.models`, matplotlib (lazily); never trainers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from duotune.analysis.teacher import teacher_force, with_responses
+from duotune.data import Example
+from duotune.errors import ConfigError, DataError
+
+MAX_TOKENS = 512
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "ref"
+
+
+def model_responses(bundle: Any, examples: list[Example], max_new_tokens: int) -> list[str]:
+    """Greedy answers of `bundle` to `examples` (the fixed responses a reference model contributes)."""
+    from duotune.rollout import HFSampler, SamplingParams
+
+    outs = HFSampler(bundle, batch_size=16).generate(
+        examples, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=0))
+    return [o[0].text for o in outs]
+
+
+def reference_sets(references: list[str], examples: list[Example], cache_dir: Path | None, *,
+                   max_new_tokens: int = 128, initial: Callable[[], Any] | None = None,
+                   initial_name: str | None = None) -> dict[str, list[Example]]:
+    """{reference: examples whose `demo` is that reference's response}; `demos` keeps the examples'
+    own demonstrations, `model:<name>` uses that model's greedy answers (cached in `cache_dir`)."""
+    from duotune.models import load_model
+
+    out: dict[str, list[Example]] = {}
+    for ref in references:
+        if ref == "demos":
+            missing = [ex.id for ex in examples if not ex.demo]
+            if missing:
+                raise DataError(f"reference `demos` needs a demonstration for every item; {missing[0]!r} "
+                                "has none (use a task with demos or a `model:` reference)", field="demo")
+            out[ref] = list(examples)
+            continue
+        if not ref.startswith("model:"):
+            raise ConfigError(f"map reference {ref!r} must be `demos` or `model:<name or path>`")
+        name = ref[len("model:"):]
+        cache = cache_dir / f"{_slug(name)}.json" if cache_dir is not None else None
+        if cache is not None and cache.is_file():
+            cached = json.loads(cache.read_text())
+            if cached.get("ids") == [ex.id for ex in examples]:
+                out[ref] = with_responses(examples, cached["responses"])
+                continue
+        bundle = initial() if initial is not None and name == initial_name else load_model(name)
+        responses = model_responses(bundle, examples, max_new_tokens)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"ids": [ex.id for ex in examples], "responses": responses}))
+        out[ref] = with_responses(examples, responses)
+    return out
+
+
+def coordinates(bundle: Any, refs: dict[str, list[Example]]) -> dict[str, float]:
+    """The checkpoint's map position: token-mean log p of each reference set's responses."""
+    return {name: teacher_force(bundle, examples, max_tokens=MAX_TOKENS).mean_logp()
+            for name, examples in refs.items()}
+
+
+def plot_map(paths: dict[str, list[dict[str, Any]]], axes: tuple[str, str], out: Path,
+             title: str = "learning-dynamics map") -> Path:
+    """Draw one path per method: points {"step", "map": {ref: mean logp}} in step order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for method, pts in sorted(paths.items()):
+        pts = sorted((p for p in pts if all(a in (p.get("map") or {}) for a in axes)), key=lambda p: p["step"])
+        if not pts:
+            continue
+        xs = [p["map"][axes[0]] for p in pts]
+        ys = [p["map"][axes[1]] for p in pts]
+        (line,) = ax.plot(xs, ys, marker="o", label=method)
+        ax.annotate(str(pts[-1]["step"]), (xs[-1], ys[-1]), fontsize=7, color=line.get_color())
+    ax.set_xlabel(f"mean log p on {axes[0]} responses")
+    ax.set_ylabel(f"mean log p on {axes[1]} responses")
+    ax.set_title(title)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,110 @@
+"""The comparison's data and its one evaluation protocol: training rows and held-out sets written once
+into the comparison folder, every checkpoint scored on them with the same sampling and the training
+verifier (`duotune.eval.grade`), and a sampled estimate of KL(policy || initial model).
+
+Imports `duotune.tasks`, `duotune.data`, `duotune.eval`, `duotune.rollout`; never trainers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from duotune.analysis.compare_config import CompareConfig, EvalProtocolCfg, EvalSetCfg, TaskSourceCfg
+from duotune.data import Example, load_examples
+
+
+@dataclass
+class EvalSet:
+    name: str
+    distribution: str
+    examples: list[Example]
+
+
+def _generated(src: TaskSourceCfg, out_dir: Path) -> Path:
+    from duotune.tasks import write_task
+
+    path = out_dir / "data.jsonl"
+    if not path.is_file():  # deterministic in (task, n, seed, split, params): written once
+        write_task(src.task, n=src.n, seed=src.seed, out_dir=out_dir, split=src.split, **src.params)
+    return path
+
+
+def train_file(cfg: CompareConfig, root: Path) -> str:
+    """The training rows as a file path (generated into <root>/data/train on first use)."""
+    if cfg.data.generate is not None:
+        return str(_generated(cfg.data.generate, root / "data" / "train"))
+    return cfg.data.file  # type: ignore[return-value]
+
+
+def load_eval_sets(cfg: CompareConfig, root: Path) -> list[EvalSet]:
+    return [EvalSet(s.name, s.distribution, _examples(s, cfg.prompt_style, root)) for s in cfg.eval_sets]
+
+
+def _examples(s: EvalSetCfg, style: str | None, root: Path) -> list[Example]:
+    if s.benchmark is not None:
+        from duotune.eval import load_benchmark
+
+        examples = load_benchmark(s.benchmark, limit=s.limit, prompt_style=style)
+    else:
+        path = _generated(s.generate, root / "data" / s.name) if s.generate else s.file
+        examples = load_examples(path, limit=s.limit, prompt_style=style)
+    if s.fewshot_task and s.fewshot_k:
+        from duotune.tasks import fewshot_messages
+
+        shots = fewshot_messages(s.fewshot_task, s.fewshot_k, seed=0)
+        examples = [replace(ex, prompt=_prepend(ex.prompt, shots)) for ex in examples]
+    return examples
+
+
+def _prepend(prompt: list[dict[str, Any]], shots: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Worked examples go after any system turn, before the question (as earlier chat turns)."""
+    system = [m for m in prompt if m.get("role") == "system"]
+    return system + [dict(m) for m in shots] + [m for m in prompt if m.get("role") != "system"]
+
+
+def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int) -> dict[str, dict[str, float]]:
+    """Accuracy (mean score over items x samples), mean length, truncated share per eval set."""
+    from duotune.eval import grade
+    from duotune.rollout import HFSampler, SamplingParams
+
+    sampler = HFSampler(bundle, batch_size=proto.batch_size)
+    params = SamplingParams(n=proto.n, temperature=proto.temperature, max_new_tokens=proto.max_new_tokens,
+                            seed=seed)
+    out: dict[str, dict[str, float]] = {}
+    for s in sets:
+        completions = sampler.generate(s.examples, params)
+        flat = [(ex, c) for ex, comps in zip(s.examples, completions) for c in comps]
+        scores = []
+        for kind in ("math", "mcq"):  # one batched call per grading kind
+            part = [(ex, c) for ex, c in flat if (ex.reward_type == "mcq") == (kind == "mcq")]
+            graded = grade(kind, [c.text for _, c in part], [ex.answer or "" for ex, _ in part])
+            scores += [sc or 0.0 for _, sc in graded]  # None (ungradable gold) counts as wrong
+        k = max(1, len(flat))
+        out[s.name] = {"accuracy": sum(scores) / k,
+                       "mean_length": sum(len(c.token_ids) for _, c in flat) / k,
+                       "truncated_fraction": sum(c.finish_reason == "length" for _, c in flat) / k,
+                       "items": float(len(s.examples))}
+    return out
+
+
+def kl_to_initial(bundle: Any, initial: Any, examples: list[Example], proto: EvalProtocolCfg,
+                  seed: int) -> float | None:
+    """KL(pi || pi_0) per token, estimated on responses sampled from pi at T = 1: the token mean of the
+    k3 estimator (Schulman, "Approximating KL divergence": unbiased under pi, never negative; SPEC 1)."""
+    if not proto.kl_probe or not examples:
+        return None
+    from duotune.analysis.teacher import teacher_force, with_responses
+    from duotune.rollout import HFSampler, SamplingParams
+
+    probe = examples[:proto.kl_probe]
+    comps = HFSampler(bundle, batch_size=proto.batch_size).generate(
+        probe, SamplingParams(n=1, temperature=1.0, max_new_tokens=proto.max_new_tokens, seed=seed))
+    forced = with_responses(probe, [c[0].text for c in comps])
+    now = teacher_force(bundle, forced, max_tokens=proto.max_new_tokens)
+    ref = teacher_force(initial, forced, max_tokens=proto.max_new_tokens)
+    from duotune.algos import kl_estimate
+
+    kl = kl_estimate(now.logp, ref.logp.to(now.logp.device), "k3") * now.mask
+    return float(kl.sum() / now.mask.sum().clamp(min=1))

@@ -1,0 +1,116 @@
+"""The comparison's PNG figures: accuracy vs steps and vs training wall time, and the training curves
+read from each run's metrics.jsonl (reward, entropy, response length, KL, SRFT's w_sft / w_rl,
+GRPO-D's beta), one line per method (mean over seeds at each step).
+
+Imports matplotlib (Agg) and json only; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# (file stem, title, metrics.jsonl keys drawn on it); methods without the key are left out.
+TRAINING_PANELS = [
+    ("reward", "training reward (on-policy mean)", ["reward/mean"]),
+    ("entropy_all", "entropy, all response tokens", ["entropy/mean"]),
+    ("entropy_on_policy", "entropy, on-policy tokens only", ["entropy/on_policy"]),
+    ("response_length", "mean on-policy response length (tokens)", ["completion/len_mean"]),
+    ("kl_trainer", "KL to the reference (trainer, where beta > 0)", ["kl/mean"]),
+    ("srft_weights", "SRFT weights w_sft and w_rl", ["srft/w_sft", "srft/w_rl"]),
+    ("grpo_d_beta", "KL weight beta (GRPO-D schedule)", ["kl/beta"]),
+]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Step records of a run (evaluation records dropped; a step logged twice keeps its last record)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("kind") != "eval":
+                by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def mean_series(runs: list[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
+    """Average several (x, y) series point-wise by x (seeds share their step grid)."""
+    acc: dict[float, list[float]] = defaultdict(list)
+    for series in runs:
+        for x, y in series:
+            acc[x].append(y)
+    xs = sorted(acc)
+    return xs, [sum(acc[x]) / len(acc[x]) for x in xs]
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
+              out: Path) -> Path | None:
+    """One line per label; None (no file) when no label has a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (xs, ys) in sorted(series.items()):
+        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, ms=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -> list[Path]:
+    """Per eval set: accuracy vs global step and vs cumulative training seconds."""
+    paths = []
+    for name in sets:
+        for axis, xlabel in (("step", "global step (SFT steps of pipelines included)"),
+                             ("wall_s", "training wall time (s)")):
+            runs: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
+            for r in done:
+                runs[r["method"]].append([(p[axis], p["evals"][name]["accuracy"]) for p in r["curve"]
+                                          if name in p["evals"]])
+            p = line_plot({m: mean_series(v) for m, v in runs.items()}, f"{name}: accuracy",
+                          xlabel, "accuracy", out_dir / f"accuracy_{name}_vs_{'steps' if axis == 'step' else 'wall'}.png")
+            paths += [p] if p else []
+    return paths
+
+
+def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The TRAINING_PANELS from every run's metrics.jsonl, plus KL(policy || initial) from the evals."""
+    metrics = {id(r): read_metrics(Path(r["run_dir"])) for r in done if r.get("run_dir")}
+    paths = []
+    for stem, title, keys in TRAINING_PANELS:
+        series = {}
+        for key in keys:
+            runs: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
+            for r in done:
+                pts = [(rec["step"], rec[key]) for rec in metrics.get(id(r), [])
+                       if isinstance(rec.get(key), (int, float))]
+                if pts:
+                    runs[r["method"]].append(pts)
+            label = (lambda m: f"{m} {key}") if len(keys) > 1 else (lambda m: m)
+            series.update({label(m): mean_series(v) for m, v in runs.items()})
+        p = line_plot(series, title, "global step", title.split(",")[0], out_dir / f"{stem}.png")
+        paths += [p] if p else []
+    runs = defaultdict(list)
+    for r in done:
+        runs[r["method"]].append([(p["step"], p["kl_to_initial"]) for p in r["curve"]
+                                  if p.get("kl_to_initial") is not None])
+    p = line_plot({m: mean_series(v) for m, v in runs.items()}, "KL(policy || initial model), sampled at T=1",
+                  "global step", "KL per token (nats)", out_dir / "kl_to_initial.png")
+    return paths + ([p] if p else [])

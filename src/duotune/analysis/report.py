@@ -1,0 +1,152 @@
+"""The comparison report: results.json (per method: final and best accuracy per eval set, mean and
+spread over seeds, budget, failures), the time-to-accuracy table and SFT->GRPO / SRFT ratio
+(`analysis.time_to_accuracy`), report.md, PNG plots and a self-contained report.html (base64 PNGs).
+
+Reads the comparison folder only (results/*.json, run folders' metrics.jsonl); no torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from duotune.analysis.compare_config import CompareConfig
+from duotune.analysis.plots import accuracy_plots, training_plots
+from duotune.analysis.time_to_accuracy import CurvePoint, default_target, time_to_accuracy_table
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))]
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values}
+
+
+def summarize(results: list[dict[str, Any]], cfg: CompareConfig) -> dict[str, dict[str, Any]]:
+    """{method: {status, seeds, final/best: {set: mean, std, per_seed}, budget, errors}} in cfg order."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in cfg.methods:
+        runs = [r for r in results if r["method"] == method and r["seed"] in cfg.seeds]
+        done = [r for r in runs if r["status"] == "done"]
+        entry: dict[str, Any] = {"status": "failed" if any(r["status"] == "failed" for r in runs)
+                                 else ("done" if done else "missing"),
+                                 "seeds": sorted(r["seed"] for r in done),
+                                 "errors": {str(r["seed"]): r["error"] for r in runs if r["status"] == "failed"},
+                                 "budget": next((r.get("budget") for r in runs if r.get("budget")), None)}
+        for kind, pick in (("final", lambda c, s: c[-1]["evals"][s]["accuracy"]),
+                           ("best", lambda c, s: max(p["evals"][s]["accuracy"] for p in c))):
+            entry[kind] = {s.name: _spread([pick(r["curve"], s.name) for r in done])
+                           for s in cfg.eval_sets if done}
+        if done:
+            entry["train_wall_s"] = statistics.fmean(r["curve"][-1]["wall_s"] for r in done)
+            entry["eval_wall_s"] = statistics.fmean(sum(p.get("eval_wall_s", 0.0) for p in r["curve"])
+                                                    for r in done)
+        out[method] = entry
+    return out
+
+
+def mean_curves(results: list[dict[str, Any]], set_name: str) -> dict[str, list[CurvePoint]]:
+    """Per method: accuracy and wall time averaged over seeds at each evaluated step."""
+    from collections import defaultdict
+
+    pts: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r["status"] == "done":
+            for p in r["curve"]:
+                pts[r["method"]][p["step"]].append((p["wall_s"], p["evals"][set_name]["accuracy"]))
+    return {m: [CurvePoint(s, statistics.fmean(w for w, _ in v), statistics.fmean(a for _, a in v))
+                for s, v in sorted(by_step.items())] for m, by_step in pts.items()}
+
+
+def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
+    """Write results.json, report.md, plots/*.png and report.html into `root`; return the results."""
+    results = collect(root)
+    done = [r for r in results if r["status"] == "done" and r["method"] in cfg.methods]
+    main = cfg.main_set()
+    curves = {m: c for m, c in mean_curves(done, main).items() if m != "base"}
+    tta = None
+    if curves:
+        target = cfg.target_accuracy if cfg.target_accuracy is not None else \
+            default_target(curves, reference=cfg.ratio[0])
+        tta = {"eval_set": main, **time_to_accuracy_table(curves, target, *cfg.ratio)}
+    plots_dir = root / "plots"
+    plots = accuracy_plots(done, [s.name for s in cfg.eval_sets], plots_dir) + \
+        training_plots([r for r in done if r["method"] != "base"], plots_dir)
+    from duotune.analysis.dynamics_map import plot_map
+
+    if len(cfg.map.references) >= 2:
+        seed0 = [r for r in done if r["seed"] == cfg.seeds[0]]
+        plots.append(plot_map({r["method"]: r["curve"] for r in seed0}, tuple(cfg.map.references[:2]),
+                              plots_dir / "dynamics_map.png"))
+    summary = summarize(results, cfg)
+    out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
+           "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
+           "time_to_accuracy": tta, "plots": [str(p.relative_to(root)) for p in plots],
+           "curves": {f"{r['method']}-s{r['seed']}": r["curve"] for r in done}}
+    (root / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    md = markdown(out, cfg)
+    (root / "report.md").write_text(md)
+    (root / "report.html").write_text(html_page(md, root, out["plots"], cfg.name))
+    return out
+
+
+def _cell(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "-"
+    spread = f" ± {100 * s['std']:.1f}" if len(s["per_seed"]) > 1 else ""
+    return f"{100 * s['mean']:.1f}{spread}"
+
+
+def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
+    """Methods x eval sets (final accuracy %, mean ± sd over seeds), time-to-accuracy, failures."""
+    sets = [(s.name, s.distribution) for s in cfg.eval_sets]
+    b = cfg.budget
+    lines = [f"# Comparison `{cfg.name}`", "",
+             f"Model `{cfg.model}`; budget {b.steps} steps x {b.prompts_per_step} prompts (G = "
+             f"{b.samples_per_prompt}, {b.updates_per_step} update/step); eval every {cfg.eval.every} steps, "
+             f"T = {cfg.eval.temperature}, n = {cfg.eval.n}, {cfg.eval.max_new_tokens} new tokens; seeds "
+             f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds); best in brackets.", "",
+             "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'})" for n, d in sets)
+             + " | train s | status |",
+             "|---|" + "---|" * (len(sets) + 2)]
+    for m, e in res["methods"].items():
+        cells = [f"{_cell(e['final'].get(n))} [{_cell(e['best'].get(n))}]" if e.get("final") else "-"
+                 for n, _ in sets]
+        wall = f"{e['train_wall_s']:.0f}" if "train_wall_s" in e else "-"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {wall} | {e['status']} |")
+    tta = res["time_to_accuracy"]
+    if tta:
+        lines += ["", f"## Time to accuracy on `{tta['eval_set']}` (target {100 * tta['target']:.1f} %)", "",
+                  "| method | steps | train s |", "|---|---|---|"]
+        for m, r in tta["methods"].items():
+            reached = f"{r['step']} | {r['wall_s']:.0f}" if r else "not reached | -"
+            lines.append(f"| {m} | {reached} |")
+        ra = tta["ratio"]
+        fmt = (lambda v: "n/a" if v is None else f"{v:.2f}")
+        lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
+                      f"steps {fmt(ra['steps'])} (SRFT paper: 2.28)."]
+    failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}
+    if failed:
+        lines += ["", "## Failed", ""] + [f"- {m} (seed {s}): {err}" for m, errs in failed.items()
+                                          for s, err in errs.items()]
+    if res["plots"]:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in res["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(md: str, root: Path, plots: list[str], title: str) -> str:
+    """A self-contained page: the markdown tables as preformatted text, every PNG inlined (base64)."""
+    text = md.split("\n## Plots")[0]
+    imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode((root / p).read_bytes()).decode()}"'
+                   f' alt="{html.escape(Path(p).stem)}"><figcaption>{html.escape(Path(p).stem)}</figcaption></figure>'
+                   for p in plots)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
+            "figure{display:inline-block;margin:.5em}img{max-width:640px}</style></head><body>"
+            f"<pre>{html.escape(text)}</pre>{imgs}</body></html>\n")

@@ -1,0 +1,54 @@
+"""The grading worker process: `python -m duotune.rewards.worker FD` (FD: a socketpair end).
+
+Started by `GradingPool` as a fresh interpreter (never a fork, never a re-import of the caller's main
+script); grades items in its main thread so math-verify's `signal.alarm` timeouts work. Imports
+math-verify (through `duotune.rewards.verify`); never torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def resolve(fn: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A callable from itself or from 'module:function'."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def serve(conn: Connection) -> None:
+    """Grade (fn, [(index, args), ...]) messages in order, one reply (index, status, value) per item;
+    status is "ok", "timeout" (math-verify timed out and the value is falsy) or "error"."""
+    from duotune.rewards import verify
+
+    logging.getLogger("math_verify").propagate = False  # timeouts are counted, not printed
+    conn.send(("ready", None, None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        fn_ref, items = msg
+        fn = resolve(fn_ref)
+        for idx, args in items:
+            before = verify.timeouts_seen()
+            try:
+                value = fn(*args)
+            except Exception as exc:  # reported to the caller with the item index, never swallowed
+                conn.send((idx, "error", f"{type(exc).__name__}: {exc}"))
+                continue
+            timed_out = verify.timeouts_seen() > before and not value
+            conn.send((idx, "timeout" if timed_out else "ok", value))
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))  # one end of a socketpair: duplex

@@ -1,0 +1,148 @@
+"""`duotune compare` on tiny-llm: three methods x 2 steps end to end (every file written), a crashing
+method recorded as failed while the others finish, resume skips finished runs, mismatched budgets are
+refused with the numbers, pipeline stage steps scale to the budget by hand computation."""
+
+from pathlib import Path
+
+import pytest
+
+from duotune.analysis import CompareConfig, run_compare
+from duotune.analysis.plan import scale_stages
+from duotune.config import load_config
+from duotune.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "compare" / "tiny.yaml"
+TRAINED = ["sft", "grpo", "srft"]
+
+
+def _cfg(out, *extra):
+    return load_config(CompareConfig, TINY, [f"output_dir={out}", f"recipes={ROOT / 'configs' / 'tiny'}",
+                                             *extra])
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """base + sft, grpo, srft (2 steps each) + grpo_d, which crashes on a missing data file."""
+    out = tmp_path_factory.mktemp("cmp")
+    cfg = _cfg(out, "methods=[base, sft, grpo, srft, grpo_d]", "per_method={grpo_d: {data.train: /no/such.jsonl}}")
+    return cfg, out / "tiny", run_compare(cfg)
+
+
+def test_three_methods_end_to_end_write_every_file(compared):
+    cfg, root, res = compared
+    for name in ("results.json", "report.md", "report.html", "compare.yaml"):
+        assert (root / name).is_file(), name
+    for stem in ("accuracy_arith_vs_steps", "accuracy_arith_vs_wall", "accuracy_arith_l2_vs_steps",
+                 "reward", "entropy_all", "entropy_on_policy", "response_length", "kl_trainer",
+                 "srft_weights", "grpo_d_beta", "kl_to_initial", "dynamics_map"):
+        assert (root / "plots" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", stem
+    html = (root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(res["plots"]) == 13
+    md = (root / "report.md").read_text()
+    for m in ["base", *TRAINED]:
+        assert f"| {m} |" in md
+    for m in TRAINED:
+        e = res["methods"][m]
+        assert e["status"] == "done" and e["seeds"] == [0]
+        assert e["budget"]["steps"] == 2 and e["budget"]["optimizer_steps"] == 2
+        curve = res["curves"][f"{m}-s0"]
+        assert [p["step"] for p in curve] == [0, 1, 2]  # base point, then every eval.every=1 step
+        assert set(curve[-1]["evals"]) == {"arith", "arith_l2"} and curve[-1]["evals"]["arith"]["items"] == 8
+        assert set(curve[-1]["map"]) == {"demos", "model:tiny-llm"}
+        assert curve[-1]["kl_to_initial"] >= 0  # k3 is never negative
+        assert curve[1]["wall_s"] < curve[2]["wall_s"]  # cumulative training time
+    # Step 0 of every curve is the base model's evaluation, so they all start at the same point.
+    base = res["curves"]["base-s0"][0]["evals"]
+    assert all(res["curves"][f"{m}-s0"][0]["evals"] == base for m in TRAINED)
+
+
+def test_time_to_accuracy_target_is_best_of_reference_by_hand(compared):
+    _, _, res = compared
+    curves = {m: res["curves"][f"{m}-s0"] for m in TRAINED}
+    # sft_then_grpo is not compared, so the target is the best accuracy of any trained method.
+    best = max(p["evals"]["arith"]["accuracy"] for c in curves.values() for p in c)
+    tta = res["time_to_accuracy"]
+    assert tta["target"] == best and tta["eval_set"] == "arith"
+    for m, c in curves.items():
+        first = next((p for p in c if p["evals"]["arith"]["accuracy"] >= best), None)
+        assert tta["methods"][m] == (None if first is None else {"step": first["step"], "wall_s": first["wall_s"]})
+    assert tta["ratio"]["wall_time"] is None  # sft_then_grpo absent
+
+
+def test_crashing_method_is_recorded_failed_and_others_finish(compared):
+    _, root, res = compared
+    assert res["failed"] == ["grpo_d"]
+    err = res["methods"]["grpo_d"]["errors"]["0"]
+    assert "/no/such.jsonl" in err
+    assert "## Failed" in (root / "report.md").read_text()
+    assert all(res["methods"][m]["status"] == "done" for m in TRAINED)
+
+
+def test_resume_skips_finished_runs(compared, monkeypatch):
+    cfg, root, _ = compared
+    import duotune.trainers
+
+    calls = []
+    monkeypatch.setattr(duotune.trainers, "train", lambda c: calls.append(c.run.name) or 1 / 0)
+    # A result file lost after its run finished: the run folder's checkpoint and curve are reused.
+    (root / "results" / "srft-s0.json").unlink()
+    res = run_compare(cfg)
+    assert calls == ["grpo_d-s0"]  # only the failed method is tried again
+    assert [res["methods"][m]["status"] for m in TRAINED] == ["done"] * 3
+    assert [p["step"] for p in res["curves"]["srft-s0"]] == [0, 1, 2]
+    assert "ZeroDivisionError" in res["methods"]["grpo_d"]["errors"]["0"]
+
+
+def test_analyze_cli_redraws_map_and_measures_shift(compared, tmp_path):
+    import argparse
+    import json
+
+    from duotune.analysis import add_analyze_arguments, run_analyze_command
+
+    _, root, res = compared
+    parser = argparse.ArgumentParser()
+    add_analyze_arguments(parser)
+    assert run_analyze_command(parser.parse_args(["map", "--compare", str(root), "--out", str(tmp_path)])) == 0
+    drawn = json.loads((tmp_path / "dynamics_map.json").read_text())
+    assert drawn["references"] == ["demos", "model:tiny-llm"]
+    assert drawn["paths"]["srft-s0"][-1]["map"] == res["curves"]["srft-s0"][-1]["map"]
+    assert (tmp_path / "dynamics_map.png").is_file()
+    sft_model = root / "runs" / "sft-s0" / "checkpoint-000002" / "model"
+    args = parser.parse_args(["shift", "--initial", "tiny-llm", "--trained", str(sft_model), "--threshold",
+                              "0.0", "--limit", "2", "--out", str(tmp_path)])
+    assert run_analyze_command(args) == 0
+    shift = json.loads((tmp_path / "token_shift.json").read_text())
+    assert shift["fraction"] > 0 and shift["tokens"] > 0  # two SFT steps at lr 1e-3 move the demos
+    assert (tmp_path / "token_shift.png").is_file()
+
+
+def test_mismatched_budget_refused_with_numbers(tmp_path):
+    cfg = _cfg(tmp_path, "per_method={srft: {num_iterations: 2}, sft: {prompts_per_step: 4}}")
+    with pytest.raises(ConfigError) as e:
+        run_compare(cfg)
+    msg = str(e.value)
+    assert "budget: 2 steps x 2 prompts, G=4, 1 update(s)/step = 2 optimizer steps" in msg
+    assert "srft: 4 optimizer steps, srft: 2 updates/step" in msg
+    assert "sft: sft: 4 prompts/step" in msg
+    assert not (tmp_path / "tiny" / "results").exists()  # refused before any training
+
+
+def test_pipeline_stages_scale_to_budget():
+    # 60:40 over 18 steps: 1 each + 16 shared as 9.6 / 6.4 -> 10 / 7, the larger remainder gets the 18th.
+    assert scale_stages([60, 40], 18) == [11, 7]
+    assert scale_stages([2, 1], 2) == [1, 1]
+    assert scale_stages([1, 1], 12) == [6, 6]
+    with pytest.raises(ConfigError, match="smaller than the 2 stages"):
+        scale_stages([1, 1], 1)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="per_method names"):
+        _cfg(tmp_path, "per_method={lufy: {steps: 3}}")
+    with pytest.raises(ConfigError, match="exactly one of generate, benchmark, file"):
+        _cfg(tmp_path, "eval_sets=[{name: x, benchmark: gsm8k, file: a.jsonl}]")
+    cfg = _cfg(tmp_path, "methods=[base, nope]")
+    with pytest.raises(ConfigError, match="no recipe"):
+        run_compare(cfg)
+    assert not (tmp_path / "tiny" / "results").exists()  # nothing trained for a refused comparison

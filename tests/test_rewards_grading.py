@@ -1,0 +1,178 @@
+"""Rewards graded by math-verify in the GradingPool: equivalence fixtures, adversarial inputs, the
+watchdog, mixed routing, and RewardManager metrics and error reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from duotune.errors import ConfigError, DataError
+from duotune.rewards import GradingPool, RewardError, RewardManager, get_reward, math_equal
+
+TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with GradingPool(2, timeout_s=1.0) as p:
+        yield p
+
+
+MATH_CASES = [
+    ("\\boxed{\\frac12}", "0.5", 1.0),
+    ("\\boxed{\\dfrac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{0.5}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{10\\%}", "0.1", 1.0),
+    ("<answer>x=5</answer>", "5", 1.0),
+    ("\\boxed{1,000}", "1000", 1.0),
+    ("\\boxed{(1,2]}", "(1,2]", 1.0),
+    ("\\boxed{[1,2)}", "(1,2)", 0.0),                        # interval ends differ
+    ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", 1.0),                 # sets are unordered
+    ("\\boxed{\\sqrt{2}}", "2^{1/2}", 1.0),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}", 1.0),
+    ("\\boxed{3}", "4", 0.0),
+    ("\\boxed{0.51}", "0.5", 0.0),
+    ("\\boxed{-3}", "-3", 1.0),
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 1.0),
+    ("#### 1,000", "1000", 1.0),
+    ("The answer is 3.5.", "7/2", 1.0),
+    ("<answer>\\boxed{9}</answer>", "9", 1.0),
+    ("<answer>12</answer>", "\\boxed{12}", 1.0),              # boxed gold is unwrapped
+    ("\\boxed{1} first, then \\boxed{2}", "2", 1.0),
+    ("\\fbox{6}", "6", 1.0),
+    ("I computed 17 apples", "17", 0.0),                      # no final-number fallback by default
+    ("", "5", 0.0),
+    ("\\boxed{5", "5", 0.0),                                  # unbalanced braces
+    ("答案 \\boxed{5} ✓ 完成", "5", 1.0),                       # unicode
+    ("x" * 100_000 + " \\boxed{7}", "7", 1.0),                # 100,000-character completion
+    ("<answer>" + "9" * 3000 + "</answer>", "9", 0.0),        # absurdly long answer: 0, never parsed
+    ("\\boxed{5}", None, None),                               # no gold: not applicable
+]
+
+
+def test_math_reward_fixtures(pool):
+    reward = get_reward("math", pool=pool)
+    comps, golds, expected = zip(*MATH_CASES)
+    assert reward(list(comps), answer=list(golds)) == list(expected)
+    assert reward.stats["timeouts"] == 0
+
+
+def test_math_last_number_when_asked(pool):
+    reward = get_reward("math", allow_last_number=True, pool=pool)
+    assert reward(["I computed 17 apples", "about 1,000 in all"], answer=["17", "1000"]) == [1.0, 1.0]
+
+
+def test_unparseable_gold_is_none_and_counted(pool):
+    reward = get_reward("math", pool=pool)
+    assert reward(["\\boxed{5}", "\\boxed{@@@}"], answer=["@@@", "@@@"]) == [None, None]
+    assert reward.stats["gold_unparseable"] == 2
+
+
+def test_tower_of_exponents_scores_zero_within_timeout(pool):
+    reward = get_reward("math", pool=pool)
+    assert reward(["\\boxed{1}"] * 4, answer=["1"] * 4) == [1.0] * 4  # workers started before timing
+    start = time.monotonic()
+    assert reward([TOWER, "\\boxed{5}"], answer=["5", "5"]) == [0.0, 1.0]
+    assert time.monotonic() - start < pool.watchdog_s    # math-verify's own 1 s timeout fired
+    assert reward.stats["timeouts"] == 1
+
+
+def test_math_equal_is_the_shared_verifier():
+    assert math_equal("so \\boxed{\\frac{1}{2}}", "0.5") is True
+    assert math_equal("<answer>7</answer>", "8") is False
+    assert math_equal("no answer here", "8") is False
+    box: list[bool] = []
+    worker = threading.Thread(target=lambda: box.append(math_equal("#### 1,000", "1000")))
+    worker.start()
+    worker.join()
+    assert box == [True]                                     # fine off the main thread too
+
+
+def test_accuracy_format_r1v(pool):
+    reward = get_reward("accuracy_format", pool=pool)
+    comps = ["<think>t</think><answer>5</answer>", "<answer>5</answer>", "<think>t</think><answer>6</answer>",
+             "<think>t</think> <answer>@@@</answer>", "<answer>3</answer>"]
+    golds = ["5", "5", "5", "@@@", "<answer> 3 </answer>"]
+    assert reward(comps, answer=golds) == [2.0, 1.0, 1.0, 2.0, 1.0]  # R_acc + 1 * R_format
+
+
+def test_pool_watchdog_replaces_stuck_and_crashed_workers():
+    with GradingPool(1, timeout_s=1.0, watchdog_s=1.0) as p:
+        start = time.monotonic()
+        out = p.map("time:sleep", [(0,), (60,), (0,)])
+        assert time.monotonic() - start < 10
+        assert [o.timed_out for o in out] == [False, True, False]
+        out = p.map("os:_exit", [(3,)])                        # the worker dies mid-batch
+        assert out[0].timed_out and p.replacements == 2 and p.timeouts == 2
+        out = p.map("math:sqrt", [(-1.0,), (16.0,)])
+        assert out[0].error == "ValueError: math domain error" and out[1].value == 4.0
+        assert [o.value for o in p.map("math:sqrt", [(float(i * i),) for i in range(40)])] == list(range(40))
+        workers = [w.proc for w in p._workers]
+    assert all(proc.poll() is not None for proc in workers)  # closed cleanly
+    with pytest.raises(RuntimeError, match="closed"):
+        p.map("math:sqrt", [(1.0,)])
+    with pytest.raises(ConfigError, match="num_workers"):
+        GradingPool(0)
+
+
+def test_mixed_routing(pool):
+    mixed = get_reward("mixed", pool=pool, open_scorer=lambda qs, ans: [float(len(a)) for a in ans])
+    comps = ["<answer>3</answer>", "<answer>(b)</answer>", "<answer>\\frac{1}{2}</answer>",
+             "<answer>[0, 0, 0.5, 1]</answer>", "<answer>abcdef</answer>", "\\boxed{3}",
+             "<answer>4</answer>", "<answer>anything</answer>"]
+    golds = ["3", "B", "0.5", "[0, 0, 1, 1]", "ab", "3", "3", "x"]
+    types = ["digit", "mcq", "math", "iou", "open", "digit", "digit", None]
+    out = mixed(comps, answer=golds, reward_type=types)
+    assert out == [1.0, 1.0, 1.0, 0.5, pytest.approx(1 - 2.718281828459045 ** -0.8), 0.0, 0.0, None]
+    assert mixed.stats["by_type"] == {"digit": pytest.approx(1 / 3), "mcq": 1.0, "math": 1.0,
+                                      "iou": 0.5, "open": pytest.approx(1 - 2.718281828459045 ** -0.8)}
+
+
+def test_mixed_bad_rows(pool):
+    mixed = get_reward("mixed", pool=pool)
+    with pytest.raises(DataError, match="row 1.*unknown reward_type 'count'"):
+        mixed(["<answer>1</answer>"] * 2, answer=["1", "1"], reward_type=["digit", "count"])
+    with pytest.raises(ConfigError, match="open_scorer"):
+        mixed(["<answer>1</answer>"], answer=["1"], reward_type=["open"])
+    with pytest.raises(DataError, match="row 2.*not an integer"):
+        mixed(["<answer>1</answer>"] * 3, answer=["1", "A", "x"], reward_type=["digit", "mcq", "digit"])
+
+
+def test_manager_totals_components_metrics(pool):
+    manager = RewardManager([("math", 1.0), ("format_think_answer", 0.5), ("mixed", 2.0)], pool=pool)
+    comps = ["<think>t</think><answer>5</answer>", "\\boxed{5}", TOWER, "<answer>B</answer>"]
+    cols = {"answer": ["5", "5", "5", "B"], "reward_type": ["digit", "math", "math", "mcq"]}
+    totals, parts, m = manager.score(comps, cols)
+    assert parts == {"math": [1.0, 1.0, 0.0, 1.0], "format_think_answer": [1.0, 0.0, 0.0, 0.0],
+                     "mixed": [1.0, 0.0, 0.0, 1.0]}
+    assert totals == [3.5, 1.0, 0.0, 3.0]
+    assert m["reward/math/mean"] == 0.75 and m["reward/math/std"] == pytest.approx(0.75 ** 0.5 / 2)
+    assert m["reward/math/frac_none"] == 0.0
+    assert m["reward/math/timeouts"] == 1.0 and m["reward/timeouts"] == 1.0
+    assert m["reward/mixed/digit"] == 1.0 and m["reward/mixed/math"] == 0.0 and m["reward/mixed/mcq"] == 1.0
+    assert m["reward/mean"] == pytest.approx(7.5 / 4)
+
+
+def _fails_on_hello(completions, **columns):
+    return [1 / 0 if c == "hello" else 1.0 for c in completions]
+
+
+def _needs_solution(completions, solution, **columns):
+    return [float(c == s) for c, s in zip(completions, solution)]
+
+
+def test_manager_error_reports(pool):
+    manager = RewardManager([_fails_on_hello], pool=pool)
+    with pytest.raises(RewardError, match=r"reward '_fails_on_hello' failed on sample 2: ZeroDivisionError"):
+        manager.score(["a", "b", "hello"], {})
+    with pytest.raises(RewardError, match=r"'math'.*needs column 'answer'.*columns: reward_type"):
+        RewardManager(["math"], pool=pool).score(["\\boxed{1}"], {"reward_type": ["math"]})
+    with pytest.raises(RewardError, match=r"'_needs_solution'.*needs column 'solution'"):
+        RewardManager([_needs_solution]).score(["a"], {"answer": ["a"]})
+    assert RewardManager([_needs_solution]).score(["a", "b"], {"solution": ["a", "a"]})[0] == [1.0, 0.0]
+    with pytest.raises(RewardError, match="returned list of length 1 for 2 completions"):
+        RewardManager([lambda completions, **kw: [1.0]]).score(["a", "b"], {})
+    with pytest.raises(RewardError, match="column 'answer' has 1 values for 2 completions"):
+        RewardManager(["digit"]).score(["a", "b"], {"answer": ["1"]})
