@@ -1,4 +1,4 @@
-"""The `duotune` command line: train, eval, matrix, pipeline, list, data.
+"""The `duotune` command line: train, eval, matrix, compare, analyze, pipeline, list, data.
 
 Subcommands import their subsystem lazily so `duotune --help` stays fast. User errors
 (`DuotuneError`) print one line and exit 2; everything else is a real bug and keeps its traceback.
@@ -99,6 +99,14 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("matrix", help="cross-task matrix: several models x several benchmarks",
                        formatter_class=_HelpFormatter)
     _optional_arguments(p, "duotune.eval", "add_matrix_arguments", "run_matrix_command")
+
+    p = sub.add_parser("compare", help="every method on one task, one budget, one protocol",
+                       formatter_class=_HelpFormatter)
+    _optional_arguments(p, "duotune.analysis", "add_compare_arguments", "run_compare_command")
+
+    p = sub.add_parser("analyze", help="token-distribution shift and learning-dynamics map",
+                       formatter_class=_HelpFormatter)
+    _optional_arguments(p, "duotune.analysis", "add_analyze_arguments", "run_analyze_command")
 
     p = sub.add_parser("pipeline", help="VLAA-style six-stage distillation pipeline",
                        formatter_class=_HelpFormatter)
