@@ -4,7 +4,8 @@
 fractions vs decimals, percentages, radicals, equations, intervals, sets; boxed, <answer>, GSM8K
 '####' and unanswered completions; about half correct), graded in one run with 1 and with 2 workers
 (fresh pools, alternating, best of `--repeats`). Writes JSON: pairs/s each, their ratio, timeouts,
-hangs (workers the watchdog replaced), and whether both runs scored identically.
+hangs (workers the watchdog replaced), whether all runs scored identically, the cores the workers
+actually got (CPU s / wall s) and the load average: on a shared machine the ratio is capped by that.
 
     python benchmarks/grading_throughput.py [--pairs 10000] [--repeats 2] [--out benchmarks/results/grading_throughput.json]
 """
@@ -73,15 +74,32 @@ def make_pairs(n: int, seed: int = 0, group: int = 8) -> tuple[list[str], list[s
     return completions[:n], golds[:n]
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the given processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # replaced by the watchdog: its CPU time is not counted
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def grade(workers: int, completions: list[str], golds: list[str]) -> dict:
+    """Grade all pairs with a fresh, started pool; the workers' CPU seconds over the timed part show
+    how much of the machine the run got (on a shared machine the ratio is capped by free cores)."""
     with GradingPool(workers, timeout_s=5.0) as pool:
         pool.map("duotune.rewards.verify:verify_answer", [("1", "1", 1)] * workers * 4)  # start-up
         reward = get_reward("math", pool=pool)
-        t0 = time.perf_counter()
+        pids = pool.worker_pids()
+        cpu0, t0 = _cpu_seconds(pids), time.perf_counter()
         scores = reward(completions, answer=golds)
         elapsed = time.perf_counter() - t0
-        return {"workers": workers, "seconds": elapsed, "pairs_per_s": len(completions) / elapsed,
-                "timeouts": reward.stats["timeouts"], "hangs": pool.replacements, "scores": scores}
+        cpu = _cpu_seconds(pids) - cpu0
+    return {"workers": workers, "seconds": elapsed, "pairs_per_s": len(completions) / elapsed,
+            "worker_cpu_s": cpu, "cores_used": cpu / elapsed, "timeouts": reward.stats["timeouts"],
+            "hangs": pool.replacements, "scores": scores}
 
 
 def main() -> None:
@@ -105,6 +123,10 @@ def main() -> None:
         "pairs_per_s_2_workers": round(best[2]["pairs_per_s"], 1),
         "ratio_2_over_1": round(best[2]["pairs_per_s"] / best[1]["pairs_per_s"], 3),
         "all_runs_pairs_per_s": {str(w): [round(r["pairs_per_s"], 1) for r in rs] for w, rs in runs.items()},
+        "cores_used_best_runs": {str(w): round(r["cores_used"], 2) for w, r in best.items()},
+        "worker_cpu_s_best_runs": {str(w): round(r["worker_cpu_s"], 1) for w, r in best.items()},
+        "pairs_per_worker_cpu_s": {str(w): round(args.pairs / max(r["worker_cpu_s"], 1e-9), 1)
+                                   for w, r in best.items()},
         "hangs": sum(r["hangs"] for rs in runs.values() for r in rs),
         "timeouts": sum(r["timeouts"] for rs in runs.values() for r in rs),
         "identical_scores": all(r["scores"] == best[1]["scores"] for rs in runs.values() for r in rs),

@@ -153,7 +153,9 @@ def _from_file(path: Path) -> _Rows:
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON ({e.msg} at line {e.lineno})", file=str(path)) from None
         return _Rows(str(path), path.stem, path.parent, len(rows), lambda idx: [rows[i] for i in idx])
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # split on "\n" only: str.splitlines() also breaks on U+0085/U+2028, which occur inside
+    # JSON strings (MMLU-Pro has one) and would cut a row in two.
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     return _Rows(str(path), path.stem, path.parent, len(lines),
                  lambda idx: [lines[i][1] for i in idx], numbers=[n for n, _ in lines])
 

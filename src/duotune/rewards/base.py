@@ -7,6 +7,7 @@ Imports `duotune.errors` and the rewards' extraction/pool modules; never torch o
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ def check_columns(reward: str, required: Sequence[str], completions: Sequence[st
                                       f"{len(completions)} completions; give one per completion")
 
 
-class Reward:
+class Reward(ABC):
     """Base of the built-in rewards: `reward(completions, **columns) -> list[float | None]`.
 
     Subclasses set `name`, `requires` (columns they read) and implement `score`. After each call
@@ -61,8 +62,9 @@ class Reward:
         self.stats = {"timeouts": 0}
         return self.score(completions, columns)
 
+    @abstractmethod
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
-        raise NotImplementedError
+        """One value per completion; `columns` are already checked to hold `requires`."""
 
     def __repr__(self) -> str:
         return f"<reward {self.name}>"

@@ -189,6 +189,10 @@ class GradingPool:
         self.replacements += 1
         log.warning("grading worker stuck or crashed; replaced it (%d so far)", self.replacements)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for monitoring; empty before the first `map`)."""
+        return [w.proc.pid for w in self._workers]
+
     def close(self) -> None:
         """Stop every worker (idempotent)."""
         with self._lock:
