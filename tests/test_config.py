@@ -67,3 +67,12 @@ def test_describe_fields_recurses_with_descriptions():
     rows = describe_fields(Top)
     assert ("optim.lr", "1e-06", "learning rate") in rows
     assert [r[0] for r in rows] == ["method", "optim.lr", "steps"]
+
+
+def test_unregister_removes_the_name():
+    reg = Registry("test_tmp_kind")
+    reg.register("a", object())
+    reg.unregister("a")
+    assert "a" not in reg and reg.names() == []
+    with pytest.raises(UnknownNameError):
+        reg.unregister("a")

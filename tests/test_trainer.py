@@ -29,9 +29,15 @@ def _any_digit(completions, **_):
     return [float(any(ch.isdigit() for ch in c)) for c in completions]
 
 
-if "test_digit_share" not in Registry.all()["reward"]:
-    Registry.all()["reward"].register("test_digit_share", _count_digits)
-    Registry.all()["reward"].register("test_any_digit", _any_digit)
+@pytest.fixture(scope="module", autouse=True)
+def test_rewards():
+    """Register the two toy rewards for this module only (other tests see the built-in set)."""
+    reg = Registry.all()["reward"]
+    reg.register("test_digit_share", _count_digits)
+    reg.register("test_any_digit", _any_digit)
+    yield
+    reg.unregister("test_digit_share")
+    reg.unregister("test_any_digit")
 
 
 @pytest.fixture(scope="module")

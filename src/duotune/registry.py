@@ -38,6 +38,11 @@ class Registry(Generic[T]):
             return o
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (plugins and tests that register temporary entries clean up with this)."""
+        self.get(name)
+        del self._items[name], self._help[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -207,12 +207,16 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, dict[str, float
     weights = cfg.weights or [1.0] * len(cfg.names)
     metrics: dict[str, float] = {}
     for name, w in zip(cfg.names, weights):
-        vals = get_reward(name)(list(rollout.texts), **cols)
+        fn = get_reward(name)
+        vals = fn(list(rollout.texts), **cols)
         r = torch.tensor([0.0 if v is None else float(v) for v in vals])
         total += w * r
         on = r[~demo] if bool((~demo).any()) else r
         metrics[f"reward/{name}/mean"] = float(on.mean())
         metrics[f"reward/{name}/std"] = float(on.std(unbiased=False))
+        # SPEC 3: the mixed reward's per-type means (demo rows included), as reward/mixed/<type>.
+        for rtype, mean in getattr(fn, "stats", {}).get("by_type", {}).items():
+            metrics[f"reward/{name}/{rtype}"] = float(mean)
     on = total[~demo]
     if on.numel():
         metrics.update({"reward/mean": float(on.mean()), "reward/std": float(on.std(unbiased=False))})

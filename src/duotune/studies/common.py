@@ -1,0 +1,172 @@
+"""Shared pieces of the vision studies: scale presets, generated train/test splits, running a recipe
+with the study's overrides, greedy held-out evaluation, and markdown/JSON table writing.
+
+Imports duotune's tasks, data, trainers, rollout, rewards and models; never the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from duotune.config import load_config
+from duotune.data import Example, load_examples
+from duotune.errors import ConfigError
+from duotune.tasks import write_task
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "vision"
+TRAIN_SEED, TEST_SEED = 0, 1  # train and test splits also differ by content (tasks.split_of)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big a study run is. `steps` is every arm's budget in optimizer steps (same prompts per
+    step), so SFT, GRPO and SFT -> GRPO see the same number of training prompts."""
+
+    name: str
+    model: str              # the model the warm-up starts from
+    image_size: int         # generated image side (the processor resizes anyway)
+    warmup_items: int
+    warmup_steps: int
+    train_items: int
+    test_items: int
+    steps: int
+    prompts_per_step: int
+    group_size: int
+    max_completion_length: int
+    eval_max_new_tokens: int
+    warmup_lr: float
+    sft_lr: float
+    rl_lr: float
+
+
+SCALES = {
+    # Tests: a random tiny LLaVA, 1-2 steps, a handful of items; checks plumbing and table shapes.
+    "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 4, 1, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
+    # This 2-core shared CPU: one SFT step of 4 prompts takes ~30-60 s on smollm2-vision, a GRPO step
+    # with G = 4 about 2-3 min, so every arm gets a handful of steps (see the study reports).
+    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 24, 400, 24, 4, 2, 4, 80, 80, 3e-4, 1e-4, 1e-5),
+}
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise ConfigError(f"unknown study scale {name!r}; valid: {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+def write_split(task: str, n: int, split: str, out: Path, size: int) -> Path:
+    """`out/<task>/<split>/data.jsonl` (+ images), reused when already written with n rows."""
+    folder = out / task / split
+    path = folder / "data.jsonl"
+    if path.is_file() and len(path.read_text().splitlines()) == n:
+        return path
+    return write_task(task, n, TRAIN_SEED if split == "train" else TEST_SEED, folder, split=split, size=size)
+
+
+def write_mixture(parts: list[tuple[str, int]], split: str, folder: Path, size: int, seed: int) -> Path:
+    """One JSONL mixing several tasks' rows (images beside it), shuffled with `seed`."""
+    import random
+
+    rows: list[str] = []
+    for task, n in parts:
+        rows += write_task(task, n, seed, folder, split=split, size=size).read_text().splitlines()
+    random.Random(seed).shuffle(rows)
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def run_recipe(recipe: str | Path, overrides: list[str]) -> tuple[Any, float]:
+    """Train `configs/vision/<recipe>.yaml` (or a path) with `overrides`; returns (RunResult, seconds)."""
+    from duotune.trainers import TrainConfig, train
+
+    path = Path(recipe) if Path(recipe).suffix else CONFIGS / f"{recipe}.yaml"
+    cfg = load_config(TrainConfig, path, overrides)
+    t0 = time.perf_counter()
+    result = train(cfg)
+    return result, time.perf_counter() - t0
+
+
+def scale_overrides(scale: Scale, model: str, out: Path, name: str, train: Path, lr: float) -> list[str]:
+    return [f"model={model}", f"steps={scale.steps}", f"prompts_per_step={scale.prompts_per_step}",
+            f"data.train={train}", f"rollout.group_size={scale.group_size}",
+            f"rollout.max_completion_length={scale.max_completion_length}", f"optim.lr={lr}",
+            f"run.output_dir={out}", f"run.name={name}", "run.resume=never", "run.progress=false"]
+
+
+def evaluate_examples(bundle: Any, examples: list[Example], reward: str, max_new_tokens: int,
+                      **reward_params: Any) -> dict[str, Any]:
+    """Greedy decoding on held-out examples, scored by `reward` (accuracy = mean reward), plus the
+    think/answer format rate, mean length and per-reward-type means. Image tokens are suppressed."""
+    from duotune.rewards import get_reward
+    from duotune.rollout import HFSampler, SamplingParams
+
+    sampler = HFSampler(bundle, batch_size=len(examples), suppress_tokens=bundle.vision_token_ids or None)
+    comps = [c[0] for c in sampler.generate(examples, SamplingParams(n=1, temperature=0.0,
+                                                                     max_new_tokens=max_new_tokens))]
+    texts = [c.text for c in comps]
+    cols = {k: [ex.columns().get(k) for ex in examples] for k in ("answer", "reward_type", "id")}
+    scores = [0.0 if v is None else float(v) for v in get_reward(reward, **reward_params)(texts, **cols)]
+    fmt = get_reward("format_think_answer")(texts)
+    by_type: dict[str, list[float]] = {}
+    for ex, s in zip(examples, scores):
+        by_type.setdefault(str(ex.reward_type), []).append(s)
+    return {"accuracy": sum(scores) / len(scores), "format": sum(fmt) / len(fmt), "items": len(scores),
+            "mean_length": sum(len(c.token_ids) for c in comps) / len(comps),
+            "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
+            "samples": [{"id": ex.id, "gold": ex.answer, "completion": t, "score": s}
+                        for ex, t, s in zip(examples[:4], texts, scores)]}
+
+
+def load_split(path: Path, prompt_style: str) -> list[Example]:
+    return load_examples(str(path), prompt_style=prompt_style)
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, stem: str, markdown: str, record: dict[str, Any], scale: Scale) -> None:
+    """`<out>/<stem>.md` and `<out>/<stem>.json` (the record plus the scale it ran at)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps({**record, "scale": asdict(scale)}, indent=2,
+                                                 default=str) + "\n", encoding="utf-8")
+
+
+def plot_curves(series: dict[str, Path], keys: list[str], out: Path, title: str) -> Path:
+    """One panel per metric key, one line per run (label -> metrics.jsonl), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from duotune.trainers.metrics import read_metrics
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, path in series.items():
+            recs = read_metrics(path) if path.is_file() else []
+            pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=label)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,117 @@
+"""OThink-MR1 study (SPEC 2, issue 7 item 3): SFT, GRPO (constant beta) and GRPO-D on counting and on
+geometry from the warmed-up VLM, each evaluated on held-out counting and geometry; writes the paper's
+Table 1 shape, the cross-task table, the full matrix (markdown + JSON) and the training curves.
+
+`python -m duotune.studies.othink --scale cpu --out runs/othink`. Imports the studies' modules,
+models and eval's matrix helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from duotune.eval import build_matrix, matrix_markdown
+from duotune.studies.common import evaluate_examples, get_scale, load_split, markdown_table, pct, \
+    plot_curves, run_recipe, scale_overrides, write_report, write_split
+from duotune.studies.warmup import ensure_warmup
+
+TASKS = ("counting", "geometry")
+METHODS = {"sft": "SFT", "grpo": "GRPO", "grpo_d": "GRPO-D"}  # recipe suffix -> Table 1 label
+PROMPT_STYLE = "think_answer"  # R1-V's question template (SPEC 2)
+
+
+def evaluate_all(bundle: Any, tests: dict[str, list[Any]], max_new_tokens: int) -> dict[str, dict[str, Any]]:
+    """Accuracy (R_acc of SPEC 2: alpha = 0) on every task's held-out split."""
+    return {task: evaluate_examples(bundle, ex, "accuracy_format", max_new_tokens, alpha=0.0)
+            for task, ex in tests.items()}
+
+
+def run(scale_name: str, out: Path, *, tasks: tuple[str, ...] = TASKS, methods: tuple[str, ...] = tuple(METHODS),
+        warmup: Path | None = None) -> dict[str, Any]:
+    """Run every (train task, method), evaluate on every task; write tables and curves into `out`."""
+    from duotune.models import load_model
+
+    scale = get_scale(scale_name)
+    out = Path(out)
+    t_start = time.perf_counter()
+    base = Path(warmup) if warmup is not None else ensure_warmup(scale, out)
+    tests = {t: load_split(write_split(t, scale.test_items, "test", out / "data", scale.image_size), PROMPT_STYLE)
+             for t in TASKS}
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"base": evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)}
+    timings: dict[str, float] = {"eval/base": time.perf_counter() - t0}
+    for task in tasks:
+        train = write_split(task, scale.train_items, "train", out / "data", scale.image_size)
+        for method in methods:
+            name = f"{task}-{method}"
+            lr = scale.sft_lr if method == "sft" else scale.rl_lr
+            res, seconds = run_recipe(f"othink_{task}_{method}",
+                                      scale_overrides(scale, str(base), out / "runs", name, train, lr))
+            timings[f"train/{name}"] = seconds
+            t0 = time.perf_counter()
+            results[name] = evaluate_all(res.bundle, tests, scale.eval_max_new_tokens)
+            timings[f"eval/{name}"] = time.perf_counter() - t0
+            res.bundle = None  # free the weights before the next run
+        plot_curves({METHODS[m]: out / "runs" / f"{task}-{m}" / "metrics.jsonl" for m in methods},
+                    ["reward/mean", "kl/beta", "kl/mean", "completion/len_mean"], out / f"curves_{task}.png",
+                    f"OThink-MR1 study, trained on {task}")
+    timings["total"] = time.perf_counter() - t_start
+    return write_tables(out, results, tasks, methods, timings, scale, str(base))
+
+
+def table1(results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """Paper Table 1 shape: rows base, +SFT, +GRPO, +GRPO-D; columns = tasks (in-domain accuracy)."""
+    rows = [["base (warm-up)"] + [pct(results["base"][t]["accuracy"]) for t in tasks]]
+    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{t}-{m}"][t]["accuracy"]) for t in tasks] for m in methods]
+    return ["model"] + list(tasks), rows
+
+
+def cross_task(results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """Train on one task, test on the other (paper: geometry -> counting, counting -> geometry)."""
+    pairs = [(a, b) for a in tasks for b in TASKS if a != b]
+    rows = [["base (warm-up)"] + [pct(results["base"][b]["accuracy"]) for _, b in pairs]]
+    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{a}-{m}"][b]["accuracy"]) for a, b in pairs] for m in methods]
+    return ["model"] + [f"{a} -> {b}" for a, b in pairs], rows
+
+
+def write_tables(out: Path, results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...],
+                 timings: dict[str, float], scale: Any, base: str) -> dict[str, Any]:
+    labels = ["base"] + [f"{t}-{m}" for t in tasks for m in methods]
+    matrix = build_matrix(labels, list(TASKS), [results[k] for k in labels])
+    h1, r1 = table1(results, tasks, methods)
+    h2, r2 = cross_task(results, tasks, methods)
+    fmt = markdown_table(["run"] + [f"{t} format %" for t in TASKS],
+                         [[k] + [pct(results[k][t]["format"]) for t in TASKS] for k in labels])
+    md = (f"# OThink-MR1 study (scale {scale.name}, from {base})\n\n## Table 1 (accuracy %, in-domain)\n\n"
+          + markdown_table(h1, r1) + "\n## Cross-task (train -> test, accuracy %)\n\n" + markdown_table(h2, r2)
+          + "\n## Full matrix (rows = trained on task-method)\n\n" + matrix_markdown(matrix)
+          + "\n## Think/answer format rate\n\n" + fmt
+          + "\n## Wall times (s)\n\n" + markdown_table(["phase", "seconds"],
+                                                        [[k, f"{v:.0f}"] for k, v in timings.items()]))
+    record = {"table1": {"header": h1, "rows": r1}, "cross_task": {"header": h2, "rows": r2},
+              "matrix": matrix, "results": results, "timings": timings, "base": base}
+    write_report(out, "othink", md, record, scale)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m duotune.studies.othink", description=__doc__)
+    p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
+    p.add_argument("--out", default="runs/othink", help="output folder (tables, curves, runs)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="training tasks, comma-separated")
+    p.add_argument("--methods", default=",".join(METHODS), help="methods: sft,grpo,grpo_d")
+    p.add_argument("--warmup", default=None, help="warmed-up checkpoint (default: warm up into <out>/warmup)")
+    args = p.parse_args(argv)
+    rec = run(args.scale, Path(args.out), tasks=tuple(args.tasks.split(",")),
+              methods=tuple(args.methods.split(",")), warmup=Path(args.warmup) if args.warmup else None)
+    print((Path(args.out) / "othink.md").read_text())
+    print(json.dumps(rec["timings"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
