@@ -71,7 +71,7 @@ def test_each_method_trains(tmp_path, data_file, method):
             "entropy/mean", "perf/tokens_per_s"}
     if method != "sft":
         keys |= {"reward/mean", "reward/std", "frac_reward_zero_std", "completion/len_mean",
-                 "completion/len_max", "completion/clipped_ratio",
+                 "completion/len_max", "completion/clipped_ratio", "reward/timeouts",
                  "reward/test_any_digit/mean" if method == "srft" else "reward/test_digit_share/mean"}
     if method == "srft":  # SPEC 6's per-step log
         keys |= {"srft/w_sft", "srft/w_rl", "entropy/on_policy", "demo/p_mean"}

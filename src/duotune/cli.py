@@ -44,7 +44,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for mod in REGISTRY_MODULES:
         importlib.import_module(mod)
     registries = Registry.all()
-    kinds = [args.kind] if args.kind else sorted(registries)
+    kind = args.kind
+    if kind and kind not in registries and kind.endswith("s") and kind[:-1] in registries:
+        kind = kind[:-1]  # `duotune list rewards` means the `reward` registry
+    kinds = [kind] if kind else sorted(registries)
     for kind in kinds:
         if kind not in registries:
             from duotune.errors import UnknownNameError

@@ -45,7 +45,7 @@ class Scale:
 
 SCALES = {
     # Tests: a random tiny LLaVA, 1-2 steps, a handful of items; checks plumbing and table shapes.
-    "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 4, 1, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
+    "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
     # This 2-core shared CPU: one SFT step of 4 prompts takes ~30-60 s on smollm2-vision, a GRPO step
     # with G = 4 about 2-3 min, so every arm gets a handful of steps (see the study reports).
     "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 24, 400, 24, 4, 2, 4, 80, 80, 3e-4, 1e-4, 1e-5),

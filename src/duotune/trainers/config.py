@@ -6,12 +6,12 @@ registries and the `method` registry here). Imports pydantic, the registries and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 import duotune.algos  # noqa: F401 - fills the advantage/policy_loss/aggregation/kl/demo registries
-import duotune.rewards  # noqa: F401 - fills the reward registry
+from duotune.rewards import validate_reward_name  # importing fills the reward registry
 from duotune.config import Cfg, RegistryName
 from duotune.registry import Registry
 from duotune.trainers.methods import METHODS
@@ -39,7 +39,9 @@ class RolloutCfg(Cfg):
 
 
 class RewardCfg(Cfg):
-    names: list[RegistryName(_R["reward"])] = Field(["math"], description="reward functions, summed")
+    names: list[Annotated[str, AfterValidator(validate_reward_name)]] = Field(
+        ["math"], description="rewards, summed: registered names (duotune list reward), "
+        "'pkg.mod:fn' (your function) or 'verl:pkg.mod.compute_score'")
     weights: list[float] | None = Field(None, description="one weight per reward (default all 1)")
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ whole batch; every formula comes from `duotune.algos`. Imports torch, algos, rew
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from duotune import algos
 from duotune.registry import Registry
-from duotune.rewards import get_reward
+from duotune.rewards import RewardManager
 
 METHODS: Registry["Method"] = Registry("method")
 DEMO_ENTRIES: Registry["DemoEntry"] = Registry("demo_entry")
@@ -199,27 +200,31 @@ def build_kl(cfg: Any, total_opt_steps: int) -> Any:
                                      target=k.target, horizon=k.horizon)
 
 
+@functools.lru_cache(maxsize=8)
+def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...]) -> RewardManager:
+    """One RewardManager per reward config, built once and reused across steps."""
+    return RewardManager(list(zip(names, weights)))
+
+
 def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of the configured rewards per row (None = not applicable = 0) and per-reward metrics."""
-    total = torch.zeros(len(rollout.texts))
-    cols = rollout.columns()
+    """Weighted sum of the configured rewards per row (None = not applicable = 0) and metrics.
+
+    The RewardManager gives timeouts, fraction None and the mixed reward's per-type means
+    (`reward/mixed/<type>`); means and stds here are over on-policy rows only, so a demo in
+    the group (LUFFY/SRFT) does not inflate them; the demo's own mean is `reward/demo_mean`.
+    """
+    weights = tuple(cfg.weights or [1.0] * len(cfg.names))
+    totals, components, metrics = _reward_manager(tuple(cfg.names), weights).score(
+        list(rollout.texts), rollout.columns())
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
-    weights = cfg.weights or [1.0] * len(cfg.names)
-    metrics: dict[str, float] = {}
-    for name, w in zip(cfg.names, weights):
-        fn = get_reward(name)
-        vals = fn(list(rollout.texts), **cols)
-        r = torch.tensor([0.0 if v is None else float(v) for v in vals])
-        total += w * r
-        on = r[~demo] if bool((~demo).any()) else r
-        metrics[f"reward/{name}/mean"] = float(on.mean())
-        metrics[f"reward/{name}/std"] = float(on.std(unbiased=False))
-        # SPEC 3: the mixed reward's per-type means (demo rows included), as reward/mixed/<type>.
-        for rtype, mean in getattr(fn, "stats", {}).get("by_type", {}).items():
-            metrics[f"reward/{name}/{rtype}"] = float(mean)
-    on = total[~demo]
-    if on.numel():
-        metrics.update({"reward/mean": float(on.mean()), "reward/std": float(on.std(unbiased=False))})
+    on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
+    for name, vals in components.items():
+        r = torch.tensor([0.0 if v is None else float(v) for v in vals])[on_policy]
+        metrics[f"reward/{name}/mean"] = float(r.mean())
+        metrics[f"reward/{name}/std"] = float(r.std(unbiased=False))
+    total = torch.tensor(totals, dtype=torch.float32)
+    metrics.update({"reward/mean": float(total[on_policy].mean()),
+                    "reward/std": float(total[on_policy].std(unbiased=False))})
     if bool(demo.any()):
         metrics["reward/demo_mean"] = float(total[demo].mean())
     return total, metrics

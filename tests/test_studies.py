@@ -1,0 +1,97 @@
+"""Vision studies at the tiny scale: warm-up checkpoint, OThink-MR1 and VLAA-Thinking runners end to end
+(tables with the right shape, the cross-task matrix's rows/cols, per-type curves), table builders on
+exact numbers, and image-placeholder suppression during sampling."""
+
+import json
+
+import pytest
+import torch
+
+from duotune.models import load_model
+from duotune.studies import get_scale, othink, vlaa
+from duotune.studies.common import pct
+from duotune.studies.warmup import ensure_warmup, suppression_check
+from duotune.tasks import make_examples
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    return ensure_warmup(get_scale("tiny"), root)
+
+
+def test_warmup_saves_a_reusable_checkpoint(warm):
+    assert (warm / "config.json").is_file() and (warm / "warmup.json").is_file()
+    assert load_model(str(warm)).is_vlm
+    # a second call reuses the checkpoint instead of training again
+    assert ensure_warmup(get_scale("tiny"), warm.parents[1]) == warm
+
+
+def test_othink_tiny_writes_table1_cross_task_and_matrix(warm, tmp_path):
+    rec = othink.run("tiny", tmp_path, tasks=("counting",), methods=("sft", "grpo_d"), warmup=warm)
+    assert rec["table1"]["header"] == ["model", "counting"]
+    assert [r[0] for r in rec["table1"]["rows"]] == ["base (warm-up)", "+SFT", "+GRPO-D"]
+    assert rec["cross_task"]["header"] == ["model", "counting -> geometry"]
+    m = rec["matrix"]  # rows = base + each trained run, columns = every task's held-out split
+    assert m["models"] == ["base", "counting-sft", "counting-grpo_d"]
+    assert m["benchmarks"] == ["counting", "geometry"]
+    assert all(0.0 <= m["accuracy"][k][b] <= 1.0 for k in m["models"] for b in m["benchmarks"])
+    on_disk = json.loads((tmp_path / "othink.json").read_text())
+    assert on_disk["matrix"] == m and on_disk["scale"]["name"] == "tiny"
+    md = (tmp_path / "othink.md").read_text()
+    assert "| +GRPO-D |" in md and "counting -> geometry" in md
+    assert (tmp_path / "curves_counting.png").stat().st_size > 0
+    betas = [json.loads(x)["kl/beta"] for x in
+             (tmp_path / "runs" / "counting-grpo_d" / "metrics.jsonl").read_text().splitlines()]
+    # GRPO-D counting (beta_min 0.04, beta_max 0.10): after the last update beta(t) = beta_max
+    assert betas[-1] == pytest.approx(0.10)
+
+
+def test_vlaa_tiny_three_arms_same_budget_and_per_type_curves(warm, tmp_path):
+    rec = vlaa.run("tiny", tmp_path, warmup=warm)
+    assert rec["table"]["header"] == ["model", "digit", "iou", "math", "mcq", "overall", "format %", "train s"]
+    assert [r[0] for r in rec["table"]["rows"]] == ["base (warm-up)", "GRPO", "SFT", "SFT -> GRPO"]
+    steps = {arm: [json.loads(x) for x in (tmp_path / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+             for arm in vlaa.ARMS}
+    assert {arm: len(recs) for arm, recs in steps.items()} == {"grpo": 2, "sft": 2, "sft_then_grpo": 2}
+    assert [(r["stage"], r["method"]) for r in steps["sft_then_grpo"]] == [(0, "sft"), (1, "grpo")]
+    # the trainer logs the mixed reward's per-type means; each GRPO step sees at least one type
+    typed = [k for r in steps["grpo"] for k in r if k.startswith("reward/mixed/") and k.split("/")[-1] in
+             vlaa.MIXTURE.values()]
+    assert typed and (tmp_path / "curves_per_type.png").is_file()
+    assert set(rec["results"]["base"]["by_type"]) == set(vlaa.MIXTURE.values())
+
+
+def test_sft_then_grpo_splits_the_budget():
+    cpu = get_scale("cpu")
+    (stages,) = vlaa.arm_overrides("sft_then_grpo", cpu)
+    assert f"steps: {cpu.steps // 2}" in stages and f"steps: {cpu.steps - cpu.steps // 2}" in stages
+    assert vlaa.arm_overrides("grpo", cpu) == []
+
+
+def test_table_builders_on_exact_numbers():
+    acc = {"base": {"counting": 0.5, "geometry": 0.25}}
+    for i, m in enumerate(othink.METHODS):
+        acc[f"counting-{m}"] = {"counting": 0.6 + 0.1 * i, "geometry": 0.1 * i}
+        acc[f"geometry-{m}"] = {"counting": 0.125 * i, "geometry": 0.3 + 0.1 * i}
+    res = {k: {t: {"accuracy": v} for t, v in d.items()} for k, d in acc.items()}
+    _, rows = othink.table1(res, othink.TASKS, tuple(othink.METHODS))
+    assert rows == [["base (warm-up)", "50.0", "25.0"], ["+SFT", "60.0", "30.0"],
+                    ["+GRPO", "70.0", "40.0"], ["+GRPO-D", "80.0", "50.0"]]
+    _, cross = othink.cross_task(res, othink.TASKS, tuple(othink.METHODS))
+    assert cross == [["base (warm-up)", "25.0", "50.0"], ["+SFT", "0.0", "0.0"],
+                     ["+GRPO", "10.0", "12.5"], ["+GRPO-D", "20.0", "25.0"]]
+    assert pct(None) == "-"
+
+
+def test_image_placeholders_are_suppressed_when_sampling():
+    bundle = load_model("tiny-llava")
+    (img,) = bundle.vision_token_ids
+    # make the placeholder the model's favourite token, so an unsuppressed sampler emits it
+    bundle.model.lm_head.register_forward_hook(lambda m, i, o: o + 50.0 * torch.nn.functional.one_hot(
+        torch.tensor(img), o.shape[-1]).to(o.dtype))
+    out = suppression_check(bundle, make_examples("counting", 2, 0, size=96), max_new_tokens=4)
+    assert out["placeholder_ids"] == [img]
+    assert out["suppressed"]["placeholders_emitted"] == 0 and out["suppressed"]["training_forward"] == "ok"
+    assert out["unsuppressed"]["placeholders_emitted"] == 16  # 2 prompts x 2 samples x 4 tokens
+    assert "do not match" in out["unsuppressed"]["training_forward"]
