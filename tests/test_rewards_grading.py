@@ -27,6 +27,10 @@ MATH_CASES = [
     ("\\boxed{10\\%}", "0.1", 1.0),
     ("<answer>x=5</answer>", "5", 1.0),
     ("\\boxed{1,000}", "1000", 1.0),
+    # MATH-500 money golds: an escaped \$ is a dollar sign, not an inline-maths delimiter
+    ("\\boxed{18.90}", "\\$18.90", 1.0),
+    ("\\boxed{\\$18.90}", "\\$18.90", 1.0),
+    ("\\boxed{19.80}", "\\$18.90", 0.0),
     ("\\boxed{(1,2]}", "(1,2]", 1.0),
     ("\\boxed{[1,2)}", "(1,2)", 0.0),                        # interval ends differ
     ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", 1.0),                 # sets are unordered

@@ -7,6 +7,7 @@ math-verify's timeouts use `signal.alarm`, so call these only from a process's m
 from __future__ import annotations
 
 import logging
+import re
 
 from math_verify import parse, verify
 from sympy import Basic, MatrixBase
@@ -46,9 +47,15 @@ def gold_answer(gold: str) -> str:
     return extract_answer(gold) or gold.strip()
 
 
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")  # an unescaped `$` opens inline maths; `\$` is a dollar sign
+
+
 def as_latex(answer: str) -> str:
-    """Wrap a bare answer in `\\boxed{}` so math-verify's LaTeX extraction reads exactly it."""
-    return answer if ("\\boxed" in answer or "$" in answer) else "\\boxed{" + answer + "}"
+    """Wrap a bare answer in `\\boxed{}` so math-verify's LaTeX extraction reads exactly it
+    (an escaped `\\$18.90` is a money amount, not a maths delimiter, so it is wrapped too)."""
+    if "\\boxed" in answer or _MATH_DELIMITER.search(answer):
+        return answer
+    return "\\boxed{" + answer + "}"
 
 
 def _parsed_gold(gold: str, seconds: int) -> tuple:
