@@ -14,6 +14,10 @@ from duotune.studies.warmup import ensure_warmup, suppression_check
 from duotune.tasks import make_examples
 
 
+def _metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     root = tmp_path_factory.mktemp("warm")
@@ -41,23 +45,27 @@ def test_othink_tiny_writes_table1_cross_task_and_matrix(warm, tmp_path):
     md = (tmp_path / "othink.md").read_text()
     assert "| +GRPO-D |" in md and "counting -> geometry" in md
     assert (tmp_path / "curves_counting.png").stat().st_size > 0
-    betas = [json.loads(x)["kl/beta"] for x in
-             (tmp_path / "runs" / "counting-grpo_d" / "metrics.jsonl").read_text().splitlines()]
+    betas = [r["kl/beta"] for r in _metrics(tmp_path / "runs" / "counting-grpo_d")]
     # GRPO-D counting (beta_min 0.04, beta_max 0.10): after the last update beta(t) = beta_max
     assert betas[-1] == pytest.approx(0.10)
+    # a re-run reuses the finished runs (<out>/results) instead of training again
+    stamp = (tmp_path / "runs" / "counting-sft" / "metrics.jsonl").stat().st_mtime_ns
+    again = othink.run("tiny", tmp_path, tasks=("counting",), methods=("sft", "grpo_d"), warmup=warm)
+    assert again["matrix"] == m
+    assert (tmp_path / "runs" / "counting-sft" / "metrics.jsonl").stat().st_mtime_ns == stamp
 
 
 def test_vlaa_tiny_three_arms_same_budget_and_per_type_curves(warm, tmp_path):
     rec = vlaa.run("tiny", tmp_path, warmup=warm)
     assert rec["table"]["header"] == ["model", "digit", "iou", "math", "mcq", "overall", "format %", "train s"]
     assert [r[0] for r in rec["table"]["rows"]] == ["base (warm-up)", "GRPO", "SFT", "SFT -> GRPO"]
-    steps = {arm: [json.loads(x) for x in (tmp_path / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+    steps = {arm: _metrics(tmp_path / "runs" / arm)
              for arm in vlaa.ARMS}
     assert {arm: len(recs) for arm, recs in steps.items()} == {"grpo": 2, "sft": 2, "sft_then_grpo": 2}
     assert [(r["stage"], r["method"]) for r in steps["sft_then_grpo"]] == [(0, "sft"), (1, "grpo")]
     # the trainer logs the mixed reward's per-type means; each GRPO step sees at least one type
-    typed = [k for r in steps["grpo"] for k in r if k.startswith("reward/mixed/") and k.split("/")[-1] in
-             vlaa.MIXTURE.values()]
+    typed = [k for r in steps["grpo"] for k in r
+             if k.startswith("reward/mixed/") and k.split("/")[-1] in vlaa.MIXTURE.values()]
     assert typed and (tmp_path / "curves_per_type.png").is_file()
     assert set(rec["results"]["base"]["by_type"]) == set(vlaa.MIXTURE.values())
 
@@ -95,3 +103,14 @@ def test_image_placeholders_are_suppressed_when_sampling():
     assert out["suppressed"]["placeholders_emitted"] == 0 and out["suppressed"]["training_forward"] == "ok"
     assert out["unsuppressed"]["placeholders_emitted"] == 16  # 2 prompts x 2 samples x 4 tokens
     assert "do not match" in out["unsuppressed"]["training_forward"]
+
+
+def test_unknown_names_raise_config_errors(tmp_path):
+    from duotune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown method \\['grpo-d'\\]; choose from sft, grpo, grpo_d"):
+        othink.run("tiny", tmp_path, methods=("grpo-d",), warmup=tmp_path)
+    with pytest.raises(ConfigError, match="unknown arm"):
+        vlaa.run("tiny", tmp_path, arms=("rl",), warmup=tmp_path)
+    with pytest.raises(ConfigError, match="unknown study scale 'gpu'; valid: tiny, cpu"):
+        get_scale("gpu")

@@ -48,7 +48,7 @@ SCALES = {
     "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
     # This 2-core shared CPU: one SFT step of 4 prompts takes ~30-60 s on smollm2-vision, a GRPO step
     # with G = 4 about 2-3 min, so every arm gets a handful of steps (see the study reports).
-    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 24, 400, 24, 4, 2, 4, 80, 80, 3e-4, 1e-4, 1e-5),
+    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 24, 400, 16, 3, 2, 4, 80, 80, 3e-4, 1e-4, 5e-5),
 }
 
 
@@ -56,6 +56,14 @@ def get_scale(name: str) -> Scale:
     if name not in SCALES:
         raise ConfigError(f"unknown study scale {name!r}; valid: {', '.join(SCALES)}")
     return SCALES[name]
+
+
+def check_names(kind: str, given: tuple[str, ...], valid: Any) -> tuple[str, ...]:
+    """`given` unchanged when every name is in `valid`; else a ConfigError listing the valid names."""
+    bad = [g for g in given if g not in valid]
+    if bad or not given:
+        raise ConfigError(f"unknown {kind} {bad or list(given)!r}; choose from {', '.join(valid)}")
+    return given
 
 
 def write_split(task: str, n: int, split: str, out: Path, size: int) -> Path:

@@ -15,39 +15,49 @@ from pathlib import Path
 from typing import Any
 
 from duotune.eval import build_matrix, matrix_markdown
-from duotune.studies.common import evaluate_examples, get_scale, load_split, markdown_table, pct, \
+from duotune.studies.common import check_names, evaluate_examples, get_scale, load_split, markdown_table, pct, \
     plot_curves, run_recipe, scale_overrides, write_report, write_split
 from duotune.studies.warmup import ensure_warmup
 
 TASKS = ("counting", "geometry")
 METHODS = {"sft": "SFT", "grpo": "GRPO", "grpo_d": "GRPO-D"}  # recipe suffix -> Table 1 label
 PROMPT_STYLE = "think_answer"  # R1-V's question template (SPEC 2)
+Names = tuple[str, ...]
+Table = tuple[list[str], list[list[str]]]
 
 
-def evaluate_all(bundle: Any, tests: dict[str, list[Any]], max_new_tokens: int) -> dict[str, dict[str, Any]]:
+def evaluate_all(bundle: Any, tests: dict[str, list[Any]], max_new_tokens: int) -> dict[str, Any]:
     """Accuracy (R_acc of SPEC 2: alpha = 0) on every task's held-out split."""
     return {task: evaluate_examples(bundle, ex, "accuracy_format", max_new_tokens, alpha=0.0)
             for task, ex in tests.items()}
 
 
-def run(scale_name: str, out: Path, *, tasks: tuple[str, ...] = TASKS, methods: tuple[str, ...] = tuple(METHODS),
+def run(scale_name: str, out: Path, *, tasks: Names = TASKS, methods: Names = tuple(METHODS),
         warmup: Path | None = None) -> dict[str, Any]:
     """Run every (train task, method), evaluate on every task; write tables and curves into `out`."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
+    tasks, methods = check_names("task", tasks, TASKS), check_names("method", methods, METHODS)
     out = Path(out)
     t_start = time.perf_counter()
     base = Path(warmup) if warmup is not None else ensure_warmup(scale, out)
-    tests = {t: load_split(write_split(t, scale.test_items, "test", out / "data", scale.image_size), PROMPT_STYLE)
-             for t in TASKS}
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {"base": evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)}
-    timings: dict[str, float] = {"eval/base": time.perf_counter() - t0}
+    tests = {t: load_split(write_split(t, scale.test_items, "test", out / "data", scale.image_size),
+                           PROMPT_STYLE) for t in TASKS}
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    done = _Done(out / "results")
+    if not done.load("base", results, timings):
+        t0 = time.perf_counter()
+        results["base"] = evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)
+        timings["eval/base"] = time.perf_counter() - t0
+        done.save("base", results, timings)
     for task in tasks:
         train = write_split(task, scale.train_items, "train", out / "data", scale.image_size)
         for method in methods:
             name = f"{task}-{method}"
+            if done.load(name, results, timings):
+                continue
             lr = scale.sft_lr if method == "sft" else scale.rl_lr
             res, seconds = run_recipe(f"othink_{task}_{method}",
                                       scale_overrides(scale, str(base), out / "runs", name, train, lr))
@@ -56,6 +66,7 @@ def run(scale_name: str, out: Path, *, tasks: tuple[str, ...] = TASKS, methods: 
             results[name] = evaluate_all(res.bundle, tests, scale.eval_max_new_tokens)
             timings[f"eval/{name}"] = time.perf_counter() - t0
             res.bundle = None  # free the weights before the next run
+            done.save(name, results, timings)
         plot_curves({METHODS[m]: out / "runs" / f"{task}-{m}" / "metrics.jsonl" for m in methods},
                     ["reward/mean", "kl/beta", "kl/mean", "completion/len_mean"], out / f"curves_{task}.png",
                     f"OThink-MR1 study, trained on {task}")
@@ -63,22 +74,46 @@ def run(scale_name: str, out: Path, *, tasks: tuple[str, ...] = TASKS, methods: 
     return write_tables(out, results, tasks, methods, timings, scale, str(base))
 
 
-def table1(results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+class _Done:
+    """Finished runs' results under `<out>/results/<name>.json`, so a re-run (e.g. adding a task)
+    reuses them instead of training again; delete the file to redo one run."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> bool:
+        path = self.folder / f"{name}.json"
+        if not path.is_file():
+            return False
+        rec = json.loads(path.read_text())
+        results[name] = rec["results"]
+        timings.update(rec["timings"])
+        return True
+
+    def save(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mine = {k: v for k, v in timings.items() if k.endswith(f"/{name}")}
+        (self.folder / f"{name}.json").write_text(json.dumps({"results": results[name], "timings": mine}))
+
+
+def table1(results: dict[str, Any], tasks: Names, methods: Names) -> Table:
     """Paper Table 1 shape: rows base, +SFT, +GRPO, +GRPO-D; columns = tasks (in-domain accuracy)."""
     rows = [["base (warm-up)"] + [pct(results["base"][t]["accuracy"]) for t in tasks]]
-    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{t}-{m}"][t]["accuracy"]) for t in tasks] for m in methods]
+    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{t}-{m}"][t]["accuracy"]) for t in tasks]
+             for m in methods]
     return ["model"] + list(tasks), rows
 
 
-def cross_task(results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+def cross_task(results: dict[str, Any], tasks: Names, methods: Names) -> Table:
     """Train on one task, test on the other (paper: geometry -> counting, counting -> geometry)."""
     pairs = [(a, b) for a in tasks for b in TASKS if a != b]
     rows = [["base (warm-up)"] + [pct(results["base"][b]["accuracy"]) for _, b in pairs]]
-    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{a}-{m}"][b]["accuracy"]) for a, b in pairs] for m in methods]
+    rows += [[f"+{METHODS[m]}"] + [pct(results[f"{a}-{m}"][b]["accuracy"]) for a, b in pairs]
+             for m in methods]
     return ["model"] + [f"{a} -> {b}" for a, b in pairs], rows
 
 
-def write_tables(out: Path, results: dict[str, Any], tasks: tuple[str, ...], methods: tuple[str, ...],
+def write_tables(out: Path, results: dict[str, Any], tasks: Names, methods: Names,
                  timings: dict[str, float], scale: Any, base: str) -> dict[str, Any]:
     labels = ["base"] + [f"{t}-{m}" for t in tasks for m in methods]
     matrix = build_matrix(labels, list(TASKS), [results[k] for k in labels])
@@ -90,8 +125,8 @@ def write_tables(out: Path, results: dict[str, Any], tasks: tuple[str, ...], met
           + markdown_table(h1, r1) + "\n## Cross-task (train -> test, accuracy %)\n\n" + markdown_table(h2, r2)
           + "\n## Full matrix (rows = trained on task-method)\n\n" + matrix_markdown(matrix)
           + "\n## Think/answer format rate\n\n" + fmt
-          + "\n## Wall times (s)\n\n" + markdown_table(["phase", "seconds"],
-                                                        [[k, f"{v:.0f}"] for k, v in timings.items()]))
+          + "\n## Wall times (s)\n\n"
+          + markdown_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]))
     record = {"table1": {"header": h1, "rows": r1}, "cross_task": {"header": h2, "rows": r2},
               "matrix": matrix, "results": results, "timings": timings, "base": base}
     write_report(out, "othink", md, record, scale)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from duotune.studies.common import evaluate_examples, get_scale, load_split, markdown_table, pct, \
+from duotune.studies.common import check_names, evaluate_examples, get_scale, load_split, markdown_table, pct, \
     plot_curves, run_recipe, scale_overrides, write_mixture, write_report
 from duotune.studies.warmup import ensure_warmup
 
@@ -34,11 +34,13 @@ def arm_overrides(arm: str, scale: Any) -> list[str]:
             f"{{method: grpo, steps: {rl}, overrides: {{optim.lr: {scale.rl_lr}}}}}]"]
 
 
-def run(scale_name: str, out: Path, *, arms: tuple[str, ...] = tuple(ARMS), warmup: Path | None = None) -> dict[str, Any]:
+def run(scale_name: str, out: Path, *, arms: tuple[str, ...] = tuple(ARMS),
+        warmup: Path | None = None) -> dict[str, Any]:
     """Train every arm on the mixed split, evaluate each (and the base) per reward type, write tables."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
+    arms = check_names("arm", arms, ARMS)
     out = Path(out)
     t_start = time.perf_counter()
     base = Path(warmup) if warmup is not None else ensure_warmup(scale, out)
@@ -52,8 +54,8 @@ def run(scale_name: str, out: Path, *, arms: tuple[str, ...] = tuple(ARMS), warm
     timings = {"eval/base": time.perf_counter() - t0}
     for arm in arms:
         lr = scale.sft_lr if arm == "sft" else scale.rl_lr
-        res, seconds = run_recipe(f"vlaa_{arm}", scale_overrides(scale, str(base), out / "runs", arm, train, lr)
-                                  + arm_overrides(arm, scale))
+        overrides = scale_overrides(scale, str(base), out / "runs", arm, train, lr) + arm_overrides(arm, scale)
+        res, seconds = run_recipe(f"vlaa_{arm}", overrides)
         timings[f"train/{arm}"] = seconds
         t0 = time.perf_counter()
         results[arm] = evaluate_examples(res.bundle, test, "mixed", scale.eval_max_new_tokens)

@@ -73,8 +73,9 @@ def suppression_check(bundle: Any, examples: list[Any], max_new_tokens: int, see
     return out
 
 
-def run(scale_name: str, out: Path) -> dict[str, Any]:
-    """Warm up (or reuse) the checkpoint, evaluate it on held-out counting and geometry, check suppression."""
+def run(scale_name: str, out: Path, evaluate: bool = True) -> dict[str, Any]:
+    """Warm up (or reuse) the checkpoint, check placeholder suppression on it and (with `evaluate`)
+    score it on held-out counting and geometry (the OThink study's base row does the same)."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
@@ -84,8 +85,10 @@ def run(scale_name: str, out: Path) -> dict[str, Any]:
     for task in ("counting", "geometry"):
         test = load_split(write_split(task, scale.test_items, "test", out / "data", scale.image_size),
                           "think_answer")
-        report[task] = evaluate_examples(bundle, test, "accuracy_format", scale.eval_max_new_tokens, alpha=0.0)
-    report["suppression"] = suppression_check(bundle, test[:2], scale.max_completion_length)
+        if evaluate:
+            report[task] = evaluate_examples(bundle, test, "accuracy_format", scale.eval_max_new_tokens,
+                                             alpha=0.0)
+    report["suppression"] = suppression_check(bundle, test[:2], max_new_tokens=16)
     (out / "warmup" / "warmup_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -94,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m duotune.studies.warmup", description=__doc__)
     p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
     p.add_argument("--out", default="runs/vision", help="root folder; the checkpoint is <out>/warmup/final")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = p.parse_args(argv)
-    report = run(args.scale, Path(args.out))
+    report = run(args.scale, Path(args.out), evaluate=not args.no_eval)
     print(json.dumps({k: v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "samples"}
                       for k, v in report.items()}, indent=2))
     return 0

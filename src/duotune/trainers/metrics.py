@@ -6,6 +6,7 @@ Imports json, tqdm, matplotlib (lazily, only for plots) and optional trackers; n
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -15,15 +16,31 @@ from tqdm.auto import tqdm
 
 from duotune.errors import ConfigError
 
-# (panel title, metric keys) for curves.png; missing keys are skipped.
+# (panel title, metric-key patterns, keys plotted on a right-hand axis) for curves.png. Patterns are
+# fnmatch globs so every method's loss terms appear (srft/loss_*, luffy/demo_loss, loss/nll, ...).
 PANELS = [
-    ("reward", ["reward/mean", "reward/demo_mean"]),
-    ("entropy", ["entropy/mean", "entropy/on_policy"]),
-    ("completion length", ["completion/len_mean", "completion/len_max"]),
-    ("KL / beta", ["kl/mean", "kl/beta"]),
-    ("loss terms", ["loss/total", "loss/sft", "loss/off_policy", "loss/on_policy", "loss/pg", "loss/nll"]),
-    ("grad norm / lr", ["train/grad_norm", "train/lr"]),
+    ("reward", ["reward/mean", "reward/demo_mean", "reward/*/mean", "solve_rate/*"], []),
+    ("entropy", ["entropy/mean", "entropy/on_policy", "srft/entropy_demo"], []),
+    ("completion length", ["completion/len_mean", "completion/len_max", "completion/demo_len_mean"],
+     ["completion/clipped_ratio"]),
+    ("KL / beta", ["kl/mean"], ["kl/beta"]),
+    ("loss terms", ["loss/*", "srft/loss_*", "luffy/demo_loss"], []),
+    ("grad norm / lr", ["train/grad_norm"], ["train/lr"]),
 ]
+# Not losses (a schedule weight) or duplicates of loss/total.
+_NOT_LOSS = {"loss/sft_weight", "srft/loss"}
+
+
+def panel_keys(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list[str]]]:
+    """(title, left-axis keys, right-axis keys) present in `records`, in PANELS order."""
+    seen = list(dict.fromkeys(k for r in records for k, v in r.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)))
+
+    def pick(patterns: list[str]) -> list[str]:
+        found = (k for pat in patterns for k in seen if fnmatch.fnmatchcase(k, pat))
+        return [k for k in dict.fromkeys(found) if k not in _NOT_LOSS]
+
+    return [(title, pick(left), pick(right)) for title, left, right in PANELS]
 
 
 class MetricsLogger:
@@ -98,28 +115,43 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:
-    """Plot the PANELS curves from metrics.jsonl into `out` (PNG); None when there is nothing to plot."""
+    """Plot the PANELS curves of the training records in metrics.jsonl into `out` (PNG); None when
+    there is nothing to plot. Right-hand-axis keys (beta, lr, clipped ratio) get their own scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not metrics_path.is_file():
         return None
-    records = read_metrics(metrics_path)
+    records = [r for r in read_metrics(metrics_path) if r.get("kind") != "eval"]
     if not records:
         return None
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, (title, keys) in zip(axes.flat, PANELS):
-        for key in keys:
-            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), label=key, marker="." if len(pts) < 30 else None)
+    for ax, (title, left, right) in zip(axes.flat, panel_keys(records)):
+        if not left:  # e.g. beta without a KL estimate: one axis is enough
+            left, right = right, []
+        lines = _draw(ax, records, left, "-", 0)
+        if right:
+            lines += _draw(ax.twinx(), records, right, "--", len(lines))
         ax.set_title(title)
         ax.set_xlabel("step")
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if lines:
+            ax.legend(handles=lines, fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _draw(ax: Any, records: list[dict[str, Any]], keys: list[str], style: str, color0: int) -> list[Any]:
+    """One line per key (colours continue from `color0` so a twin axis never repeats them)."""
+    lines = []
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            lines += ax.plot(*zip(*pts), style, label=key, color=f"C{(color0 + len(lines)) % 10}",
+                             marker="." if len(pts) < 30 else None)
+    return lines

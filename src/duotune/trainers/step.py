@@ -104,29 +104,37 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
 
 
 def _update(st: StageState, loss: torch.Tensor, lmet: dict[str, float]) -> dict[str, float]:
-    """Optimizer step, or a skipped step (warning) when the loss is not finite."""
+    """Optimizer step, or a skipped update (warning) when the loss or the gradient norm is not finite."""
     if not torch.isfinite(loss):
-        st.bad_in_row += 1
-        st.optimizer.zero_grad(set_to_none=True)
-        warnings.warn(f"non-finite loss ({loss.item()}) at optimizer step {st.opt_steps}; update "
-                      f"skipped ({st.bad_in_row} in a row)", RuntimeWarning, stacklevel=2)
-        if st.bad_in_row >= st.cfg.run.max_bad_steps:
-            raise DuotuneError(
-                f"{st.bad_in_row} non-finite losses in a row; stopping. Lower optim.lr, enable "
-                "optim.grad_clip, or check the rewards and data for NaN/inf values")
-        return {"train/skipped": 1.0, "loss/total": float("nan")}
-    st.bad_in_row = 0
+        return _skip(st, f"non-finite loss ({loss.item()})")
     model = st.bundle.model
     all_reduce_grads(model, st.accelerator)
     params = [p for p in model.parameters() if p.requires_grad]
     clip = st.cfg.optim.grad_clip
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+    if not torch.isfinite(norm):  # a finite loss can still overflow in backward: same treatment
+        return _skip(st, f"non-finite gradient norm ({float(norm)})")
+    st.bad_in_row = 0
     st.optimizer.step()
     st.scheduler.step()
     st.opt_steps += 1
     observed = lmet.get("kl/mean", 0.0)
     st.kl.update(observed, st.opt_steps)
     return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss)}
+
+
+def _skip(st: StageState, what: str) -> dict[str, float]:
+    """Drop this update (weights, optimizer and schedule untouched); stop after max_bad_steps in a row."""
+    st.bad_in_row += 1
+    st.optimizer.zero_grad(set_to_none=True)
+    warnings.warn(f"{what} at optimizer step {st.opt_steps}; update skipped ({st.bad_in_row} in a row)",
+                  RuntimeWarning, stacklevel=3)
+    if st.bad_in_row >= st.cfg.run.max_bad_steps:
+        raise DuotuneError(
+            f"{st.bad_in_row} non-finite losses or gradients in a row (run.max_bad_steps="
+            f"{st.cfg.run.max_bad_steps}); stopping. Lower optim.lr, enable optim.grad_clip, or check "
+            "the rewards and data for NaN/inf values")
+    return {"train/skipped": 1.0, "loss/total": float("nan")}
 
 
 def _length_metrics(batch: Any) -> dict[str, float]:

@@ -1,0 +1,101 @@
+"""Metric sinks, curves.png and the non-finite-update guard of the trainer (issue 6, item 7)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from duotune.errors import ConfigError, DuotuneError
+from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
+from duotune.trainers.step import StageState, _update
+
+SRFT_RECORD = {"step": 1, "reward/mean": 0.25, "reward/demo_mean": 1.0, "reward/math/mean": 0.25,
+               "entropy/mean": 1.5, "entropy/on_policy": 1.7, "completion/len_mean": 40.0,
+               "completion/len_max": 64.0, "completion/clipped_ratio": 0.5, "kl/beta": 0.0,
+               "loss/total": -2.0, "srft/loss": -2.0, "srft/loss_sft": 0.3, "srft/loss_incorrect": -2.3,
+               "loss/sft_weight": 1.0, "train/grad_norm": 3.0, "train/lr": 1e-5, "method": "srft",
+               "train/skipped": False}
+
+
+def _logger(tmp_path, **kw):
+    args = dict(progress=False, tensorboard=False, wandb=False, is_main=True, run_name="r", config={})
+    return MetricsLogger(tmp_path, 3, 0, **{**args, **kw})
+
+
+def test_panels_hold_every_loss_term_and_put_beta_and_lr_on_a_second_axis():
+    panels = {title: (left, right) for title, left, right in panel_keys([SRFT_RECORD])}
+    assert panels["loss terms"] == (["loss/total", "srft/loss_sft", "srft/loss_incorrect"], [])
+    assert panels["KL / beta"] == ([], ["kl/beta"])
+    assert panels["grad norm / lr"] == (["train/grad_norm"], ["train/lr"])
+    assert panels["reward"] == (["reward/mean", "reward/demo_mean", "reward/math/mean"], [])
+    assert panels["completion length"] == (["completion/len_mean", "completion/len_max"],
+                                           ["completion/clipped_ratio"])
+
+
+def test_curves_png_written_from_training_records_only(tmp_path):
+    log = _logger(tmp_path)
+    for s in (1, 2):
+        log.log({**SRFT_RECORD, "step": s})
+    log.log({"step": 2, "kind": "eval", "eval/gsm8k/accuracy": 0.5})
+    log.close()
+    out = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert out == tmp_path / "curves.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty.jsonl").write_text("")
+    assert plot_curves(tmp_path / "empty.jsonl", tmp_path / "none.png") is None
+
+
+def test_metrics_jsonl_turns_nan_into_null_and_writes_no_tracker_unless_asked(tmp_path):
+    log = _logger(tmp_path)
+    log.log({"step": 1, "loss/total": float("nan"), "x": float("inf")})
+    log.close()
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert rec == {"step": 1, "loss/total": None, "x": 1e308}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("sink,package", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_asking_for_a_tracker_that_is_not_installed_names_the_package(tmp_path, sink, package):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(ConfigError, match=f"pip install {package}"):
+        _logger(tmp_path, **{sink: True})
+
+
+def _state(max_bad: int = 2) -> StageState:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    kl = SimpleNamespace(value=0.0, updates=[])
+    kl.update = lambda observed, step: kl.updates.append(step)
+    cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return StageState(cfg=cfg, bundle=SimpleNamespace(model=model), encoder=None, sampler=None,
+                      reference=None, optimizer=opt, scheduler=sched, kl=kl, examples=[],
+                      accelerator=SimpleNamespace(num_processes=1), logger=None)
+
+
+def test_non_finite_loss_or_gradient_skips_the_update_then_stops_the_run():
+    st = _state(max_bad=3)
+    w0 = st.bundle.model.weight.detach().clone()
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        rec = _update(st, torch.tensor(float("nan")), {})
+    assert rec["train/skipped"] == 1.0 and st.bad_in_row == 1 and st.opt_steps == 0
+    st.bundle.model.weight.grad = torch.full_like(w0, float("inf"))  # finite loss, overflowed gradient
+    with pytest.warns(RuntimeWarning, match="non-finite gradient norm"):
+        _update(st, torch.tensor(1.0), {})
+    assert torch.equal(st.bundle.model.weight, w0) and st.bad_in_row == 2 and st.kl.updates == []
+    st.bundle.model.weight.grad = torch.ones_like(w0)
+    st.bundle.model.bias.grad = torch.zeros(1)
+    rec = _update(st, torch.tensor(1.0), {})
+    # SGD lr 0.5 on a unit gradient: w -> w - 0.5; the good step resets the counter.
+    assert torch.allclose(st.bundle.model.weight, w0 - 0.5) and rec["train/skipped"] == 0.0
+    assert st.bad_in_row == 0 and st.opt_steps == 1 and st.kl.updates == [1]
+    st2 = _state(max_bad=2)
+    with pytest.warns(RuntimeWarning):
+        _update(st2, torch.tensor(float("inf")), {})
+    with pytest.warns(RuntimeWarning), pytest.raises(DuotuneError, match="2 non-finite .* in a row"):
+        _update(st2, torch.tensor(float("nan")), {})
