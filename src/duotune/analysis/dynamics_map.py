@@ -16,6 +16,7 @@ from typing import Any
 from duotune.analysis.teacher import teacher_force, with_responses
 from duotune.data import Example
 from duotune.errors import ConfigError, DataError
+from duotune.plotting import pyplot, save_figure
 
 MAX_TOKENS = 512
 
@@ -76,10 +77,7 @@ def coordinates(bundle: Any, refs: dict[str, list[Example]]) -> dict[str, float]
 def plot_map(paths: dict[str, list[dict[str, Any]]], axes: tuple[str, str], out: Path,
              title: str = "learning-dynamics map") -> Path:
     """Draw one path per method: points {"step", "map": {ref: mean logp}} in step order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 6))
     for method, pts in sorted(paths.items()):
@@ -95,8 +93,4 @@ def plot_map(paths: dict[str, list[dict[str, Any]]], axes: tuple[str, str], out:
     ax.set_title(title)
     if ax.lines:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from duotune.plotting import pyplot, save_figure
+
 # (file stem, title, metrics.jsonl keys drawn on it); methods without the key are left out.
 TRAINING_PANELS = [
     ("reward", "training reward (on-policy mean)", ["reward/mean"]),
@@ -51,10 +53,7 @@ def mean_series(runs: list[list[tuple[float, float]]]) -> tuple[list[float], lis
 def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
               out: Path) -> Path | None:
     """One line per label; None (no file) when no label has a point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = {k: v for k, v in series.items() if v[0]}
     if not series:
@@ -67,11 +66,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -> list[Path]:

@@ -16,6 +16,7 @@ import torch
 from duotune.analysis.teacher import Forced, teacher_force
 from duotune.data import Example
 from duotune.errors import ConfigError
+from duotune.plotting import pyplot, save_figure
 
 
 def shift_stats(before: Forced, after: Forced, threshold: float) -> dict[str, float]:
@@ -47,10 +48,7 @@ def token_shift(initial: Any, trained: Any, examples: list[Example], *, threshol
 
 def plot_shift(before: Forced, after: Forced, threshold: float, out: Path, title: str = "") -> Path:
     """Per-token |delta p| against the initial model's entropy, the threshold drawn as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mask = before.mask.bool()
     dp = (after.logp.exp() - before.logp.exp()).abs()[mask].cpu()
@@ -63,8 +61,4 @@ def plot_shift(before: Forced, after: Forced, threshold: float, out: Path, title
     frac = float((dp > threshold).float().mean()) if dp.numel() else 0.0
     ax.set_title(title or f"token-distribution shift: {100 * frac:.1f}% of tokens moved")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

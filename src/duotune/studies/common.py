@@ -15,6 +15,7 @@ from typing import Any
 from duotune.config import load_config
 from duotune.data import Example, load_examples
 from duotune.errors import ConfigError
+from duotune.plotting import pyplot, save_figure
 from duotune.tasks import write_task
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "vision"
@@ -154,10 +155,7 @@ def write_report(out: Path, stem: str, markdown: str, record: dict[str, Any], sc
 
 def plot_curves(series: dict[str, Path], keys: list[str], out: Path, title: str) -> Path:
     """One panel per metric key, one line per run (label -> metrics.jsonl), saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from duotune.trainers.metrics import read_metrics
 
@@ -173,8 +171,4 @@ def plot_curves(series: dict[str, Path], keys: list[str], out: Path, title: str)
         if ax.lines:
             ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -20,7 +20,7 @@ from duotune.config import save_config
 from duotune.data import load_examples
 from duotune.errors import DuotuneError
 from duotune.models import load_model
-from duotune.rollout import HFSampler, PromptEncoder, SamplingParams
+from duotune.rollout import HFSampler, PromptEncoder
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers.config import TrainConfig, stage_configs
 from duotune.trainers.metrics import MetricsLogger, plot_curves

@@ -15,6 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from duotune.errors import ConfigError
+from duotune.plotting import pyplot, save_figure
 
 # (panel title, metric-key patterns, keys plotted on a right-hand axis) for curves.png. Patterns are
 # fnmatch globs so every method's loss terms appear (srft/loss_*, luffy/demo_loss, loss/nll, ...).
@@ -117,10 +118,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     """Plot the PANELS curves of the training records in metrics.jsonl into `out` (PNG); None when
     there is nothing to plot. Right-hand-axis keys (beta, lr, clipped ratio) get their own scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     if not metrics_path.is_file():
@@ -140,10 +138,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if lines:
             ax.legend(handles=lines, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _draw(ax: Any, records: list[dict[str, Any]], keys: list[str], style: str, color0: int) -> list[Any]:
