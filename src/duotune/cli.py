@@ -76,6 +76,21 @@ def _kv(item: str) -> tuple[str, object]:
     return ".".join(keys), value
 
 
+# Subcommands whose flags live in their subsystem: (name, help, module, add-arguments fn, run fn).
+SUBSYSTEM_COMMANDS = [
+    ("eval", "evaluate a model or checkpoint on benchmarks",
+     "duotune.eval", "add_eval_arguments", "run_eval_command"),
+    ("matrix", "cross-task matrix: several models x several benchmarks",
+     "duotune.eval", "add_matrix_arguments", "run_matrix_command"),
+    ("compare", "every method on one task, one budget, one protocol",
+     "duotune.analysis", "add_compare_arguments", "run_compare_command"),
+    ("analyze", "token-distribution shift and learning-dynamics map",
+     "duotune.analysis", "add_analyze_arguments", "run_analyze_command"),
+    ("pipeline", "VLAA-style six-stage distillation pipeline",
+     "duotune.pipeline", "add_pipeline_arguments", "run_pipeline_command"),
+]
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -95,25 +110,9 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-6")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a model or checkpoint on benchmarks",
-                       formatter_class=_HelpFormatter)
-    _optional_arguments(p, "duotune.eval", "add_eval_arguments", "run_eval_command")
-
-    p = sub.add_parser("matrix", help="cross-task matrix: several models x several benchmarks",
-                       formatter_class=_HelpFormatter)
-    _optional_arguments(p, "duotune.eval", "add_matrix_arguments", "run_matrix_command")
-
-    p = sub.add_parser("compare", help="every method on one task, one budget, one protocol",
-                       formatter_class=_HelpFormatter)
-    _optional_arguments(p, "duotune.analysis", "add_compare_arguments", "run_compare_command")
-
-    p = sub.add_parser("analyze", help="token-distribution shift and learning-dynamics map",
-                       formatter_class=_HelpFormatter)
-    _optional_arguments(p, "duotune.analysis", "add_analyze_arguments", "run_analyze_command")
-
-    p = sub.add_parser("pipeline", help="VLAA-style six-stage distillation pipeline",
-                       formatter_class=_HelpFormatter)
-    _optional_arguments(p, "duotune.pipeline", "add_pipeline_arguments", "run_pipeline_command")
+    for name, help_, module, add, run in SUBSYSTEM_COMMANDS:
+        p = sub.add_parser(name, help=help_, formatter_class=_HelpFormatter)
+        _optional_arguments(p, module, add, run)
 
     p = sub.add_parser("list", help="list registered names (methods, losses, rewards, models, ...)",
                        formatter_class=_HelpFormatter)

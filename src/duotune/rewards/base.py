@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from duotune.errors import DataError, DuotuneError
@@ -65,6 +65,12 @@ class Reward(ABC):
     @abstractmethod
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
         """One value per completion; `columns` are already checked to hold `requires`."""
+
+    def per_gold(self, completions: list[str], columns: dict[str, Any],
+                 one: Callable[[int, str, Any], float]) -> list[float | None]:
+        """`one(index, completion, gold)` for each sample; a None gold is not applicable (None)."""
+        return [None if g is None else one(i, c, g)
+                for i, (c, g) in enumerate(zip(completions, columns["answer"]))]
 
     def __repr__(self) -> str:
         return f"<reward {self.name}>"

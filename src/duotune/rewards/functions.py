@@ -105,8 +105,8 @@ class McqReward(Reward):
     name = "mcq"
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
-        return [None if g is None else float(normalize_mcq(c) == gold_letter(self.name, g, i))
-                for i, (c, g) in enumerate(zip(completions, columns["answer"]))]
+        return self.per_gold(completions, columns,
+                             lambda i, c, g: float(normalize_mcq(c) == gold_letter(self.name, g, i)))
 
 
 class DigitReward(Reward):
@@ -119,17 +119,14 @@ class DigitReward(Reward):
         self.allow_last_number = allow_last_number
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
-        out: list[float | None] = []
-        for i, (c, g) in enumerate(zip(completions, columns["answer"])):
-            if g is None:
-                out.append(None)
-                continue
-            gold = parse_int(str(g))
-            if gold is None:
-                raise DataError(f"reward 'digit': gold {g!r} is not an integer; fix the 'answer' "
-                                "column or route the sample to 'math'", row=i, field="answer")
-            out.append(float(parse_int(extract_answer(c, allow_last_number=self.allow_last_number)) == gold))
-        return out
+        return self.per_gold(completions, columns, self._one)
+
+    def _one(self, i: int, c: str, g: Any) -> float:
+        gold = parse_int(str(g))
+        if gold is None:
+            raise DataError(f"reward 'digit': gold {g!r} is not an integer; fix the 'answer' "
+                            "column or route the sample to 'math'", row=i, field="answer")
+        return float(parse_int(extract_answer(c, allow_last_number=self.allow_last_number)) == gold)
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -163,19 +160,16 @@ class IouReward(Reward):
         return all(v >= 0 for v in box) and (self.frame == "pixel" or all(v <= 1.0 for v in box))
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
-        out: list[float | None] = []
-        for i, (c, g) in enumerate(zip(completions, columns["answer"])):
-            if g is None:
-                out.append(None)
-                continue
-            gold = parse_box(g)
-            if gold is None or not self._in_frame(gold):
-                raise DataError(f"reward 'iou': gold box {g!r} is not four {self.frame} coordinates "
-                                "[x1, y1, x2, y2]; fix the 'answer' column or the reward's frame "
-                                "parameter", row=i, field="answer")
-            pred = parse_box(extract_answer(c) or "")
-            if pred is not None and not self._in_frame(pred):
-                self.stats["frame_mismatch"] = self.stats.get("frame_mismatch", 0) + 1
-                pred = None
-            out.append(0.0 if pred is None else box_iou(pred, gold))
-        return out
+        return self.per_gold(completions, columns, self._one)
+
+    def _one(self, i: int, c: str, g: Any) -> float:
+        gold = parse_box(g)
+        if gold is None or not self._in_frame(gold):
+            raise DataError(f"reward 'iou': gold box {g!r} is not four {self.frame} coordinates "
+                            "[x1, y1, x2, y2]; fix the 'answer' column or the reward's frame "
+                            "parameter", row=i, field="answer")
+        pred = parse_box(extract_answer(c) or "")
+        if pred is not None and not self._in_frame(pred):
+            self.stats["frame_mismatch"] = self.stats.get("frame_mismatch", 0) + 1
+            pred = None
+        return 0.0 if pred is None else box_iou(pred, gold)
