@@ -121,6 +121,18 @@ def test_pool_watchdog_replaces_stuck_and_crashed_workers():
         GradingPool(0)
 
 
+def test_pool_group_key_keeps_a_group_on_one_worker():
+    """Items sharing a key (a gold answer) are graded by one worker, so it parses that gold once;
+    without a key, chunks of 3 split the 5-item groups across the two workers."""
+    items = [(g, k) for g in range(6) for k in range(5)]
+    with GradingPool(2, chunk_size=3) as p:
+        grouped = [o.value for o in p.map("duotune.rewards.worker:worker_pid", items, group_key=lambda a: a[0])]
+        plain = [o.value for o in p.map("duotune.rewards.worker:worker_pid", items)]
+    assert all(len(set(grouped[g * 5:(g + 1) * 5])) == 1 for g in range(6))
+    assert len(set(grouped)) == 2  # both workers took groups
+    assert any(len(set(plain[g * 5:(g + 1) * 5])) == 2 for g in range(6))
+
+
 def test_mixed_routing(pool):
     mixed = get_reward("mixed", pool=pool, open_scorer=lambda qs, ans: [float(len(a)) for a in ans])
     comps = ["<answer>3</answer>", "<answer>(b)</answer>", "<answer>\\frac{1}{2}</answer>",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from duotune.errors import DataError, DuotuneError
@@ -16,6 +16,11 @@ from duotune.rewards.pool import GradingPool, default_pool
 
 log = logging.getLogger(__name__)
 _warned_golds: set[str] = set()
+
+
+def _gold_of(job: tuple) -> str:
+    """Grouping key of a verify job (answer, gold, seconds): one worker parses each gold once."""
+    return job[1]
 
 
 class RewardError(DuotuneError, RuntimeError):
@@ -86,11 +91,12 @@ class PooledReward(Reward):
     def grading_pool(self) -> GradingPool:
         return self.pool if self.pool is not None else default_pool()
 
-    def run_pool(self, fn: str, jobs: list[tuple], where: list[int]) -> list[Any]:
+    def run_pool(self, fn: str, jobs: list[tuple], where: list[int], *,
+                 group_key: Callable[[tuple], Hashable] | None = None) -> list[Any]:
         """Values of `fn(*job)` in the pool; a timed-out job gives 0.0 and is counted; an error raises
-        RewardError naming the sample index from `where`."""
+        RewardError naming the sample index from `where`. `group_key`: see `GradingPool.map`."""
         values: list[Any] = []
-        for i, out in zip(where, self.grading_pool().map(fn, jobs)):
+        for i, out in zip(where, self.grading_pool().map(fn, jobs, group_key=group_key)):
             if out.error is not None:
                 raise RewardError(self.name, out.error, index=i)
             if out.timed_out:
@@ -114,7 +120,7 @@ class PooledReward(Reward):
             else:
                 jobs.append((ans, str(gold), seconds))
                 where.append(i)
-        values = self.run_pool("duotune.rewards.verify:verify_answer", jobs, where)
+        values = self.run_pool("duotune.rewards.verify:verify_answer", jobs, where, group_key=_gold_of)
         for (_, gold, _), i, value in zip(jobs, where, values):
             if value is None:
                 self._warn_gold(gold)

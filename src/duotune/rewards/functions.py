@@ -85,7 +85,7 @@ class AccuracyFormat(PooledReward):
         jobs = [(extract_answer(c), answer_tag(c), "" if g is None else str(g), seconds)
                 for c, g in zip(completions, golds)]
         idx = list(range(len(completions)))
-        acc = self.run_pool("duotune.rewards.verify:accuracy_score", jobs, idx)
+        acc = self.run_pool("duotune.rewards.verify:accuracy_score", jobs, idx, group_key=lambda job: job[2])
         return [a + self.alpha * think_answer_format(c) for a, c in zip(acc, completions)]
 
 

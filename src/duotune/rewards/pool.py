@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -111,9 +111,14 @@ class GradingPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def map(self, fn: str | Callable[..., Any], args_list: Sequence[tuple]) -> list[Outcome]:
+    def map(self, fn: str | Callable[..., Any], args_list: Sequence[tuple], *,
+            group_key: Callable[[tuple], Hashable] | None = None) -> list[Outcome]:
         """Run `fn(*args)` for every tuple in workers; `fn` is a module-level function or
-        'module:function'. Returns one Outcome per tuple, in order."""
+        'module:function'. Returns one Outcome per tuple, in order.
+
+        group_key: items with equal keys go to the same worker in one chunk (a chunk grows past
+        `chunk_size` rather than split a group), so per-worker caches keyed by it (the parsed gold
+        answer) are filled once instead of once per worker."""
         with self._lock:
             if self.closed:
                 raise RuntimeError("GradingPool is closed; create a new one (or use default_pool())")
@@ -121,11 +126,16 @@ class GradingPool:
                 self._workers, self._pid = [], os.getpid()
             while len(self._workers) < self.num_workers:
                 self._workers.append(_Worker())
-            return self._run(fn, [tuple(a) for a in args_list])
+            return self._run(fn, [tuple(a) for a in args_list], group_key)
 
-    def _run(self, fn: str | Callable[..., Any], items: list[tuple]) -> list[Outcome]:
+    def _run(self, fn: str | Callable[..., Any], items: list[tuple],
+             group_key: Callable[[tuple], Hashable] | None) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(items)
-        todo: deque[int] = deque(range(len(items)))
+        keys = [group_key(a) for a in items] if group_key else list(range(len(items)))
+        groups: dict[Hashable, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        todo: deque[int] = deque(i for members in groups.values() for i in members)
         busy: dict[Connection, _Worker] = {}
         chunk = max(1, min(self.chunk_size, math.ceil(len(items) / (2 * self.num_workers))))
         while todo or busy:
@@ -133,6 +143,8 @@ class GradingPool:
                 if not todo:
                     break
                 ids = [todo.popleft() for _ in range(min(chunk, len(todo)))]
+                while todo and keys[todo[0]] == keys[ids[-1]]:  # never split a group
+                    ids.append(todo.popleft())
                 try:
                     w.conn.send((fn, [(i, items[i]) for i in ids]))
                 except (OSError, ValueError):  # died while idle: replace it, nothing was lost
