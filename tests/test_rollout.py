@@ -50,6 +50,17 @@ def test_greedy_is_independent_of_batching(bundle):
     assert all(x[0].token_ids == x[1].token_ids for x in one)
 
 
+def test_shared_prefill_gives_the_same_samples(bundle):
+    """Prefilling each prompt once and copying its KV cache to the n rows changes nothing: greedy
+    outputs equal per-row prefill token for token (chunks of 4 rows vs whole groups of 3), and so
+    do seeded samples when both batch the same rows (one chunk: the same random draws)."""
+    for temperature, batch in ((0.0, 4), (1.0, 9)):
+        p = SamplingParams(n=3, temperature=temperature, max_new_tokens=8, seed=5)
+        per_row = HFSampler(bundle, batch_size=batch, share_prefill=False).generate(_examples(), p)
+        shared = HFSampler(bundle, batch_size=batch, share_prefill=True).generate(_examples(), p)
+        assert [[c.token_ids for c in x] for x in shared] == [[c.token_ids for c in x] for x in per_row]
+
+
 def test_groups_with_demo_member_and_collation(bundle):
     enc = PromptEncoder(bundle)
     exs = _examples(2)

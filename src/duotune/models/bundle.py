@@ -123,12 +123,17 @@ def strip_gguf_quantizer(model: Any) -> None:
 def save_model(bundle: ModelBundle, path: str | Path) -> Path:
     """Write the model (safetensors) and its processor or tokenizer into the folder `path`.
 
-    `load_model(path)` loads it back. Writes in place: a caller that needs atomicity writes to a
+    `load_model(path)` loads it back; a LoRA (peft) model is written with its adapters merged.
+    Writes in place: a caller that needs atomicity writes to a
     temporary folder and renames it (the trainer does).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    strip_gguf_quantizer(bundle.model)
-    bundle.model.save_pretrained(path, safe_serialization=True)
+    model = bundle.model
+    if hasattr(model, "peft_config"):  # LoRA: write the merged model, loadable without peft
+        from duotune.models.lora import merged_copy
+        model = merged_copy(model)
+    strip_gguf_quantizer(model)
+    model.save_pretrained(path, safe_serialization=True)
     (bundle.processor if bundle.processor is not None else bundle.tokenizer).save_pretrained(path)
     return path

@@ -10,7 +10,6 @@ import inspect
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from duotune.algos import entropy_from_logits
 from duotune.errors import ConfigError, ShapeError
@@ -19,7 +18,7 @@ from duotune.models.batching import ExtraInputs, MicroBatch, image_token_id, pla
 
 def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      loss_mask: torch.Tensor, *, extra_inputs: dict[str, Any] | None = None,
-                     token_budget: int = 8192, with_entropy: bool = True,
+                     token_budget: int = 8192, with_entropy: bool = True, entropy_grad: bool = True,
                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(input_ids[i, t] | input_ids[i, :t]) and the next-token entropy where loss_mask is 1.
 
@@ -30,6 +29,8 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     and micro-batch trimming change nothing. `extra_inputs` (pixel_values, image_grid_thw,
     mm_token_type_ids, ...) are split per micro-batch; see `ExtraInputs` for the image order rule.
     Works on a bare transformers model and through DDP/PEFT wrappers (the full forward runs).
+    entropy_grad False computes the entropy outside autograd (a metric or a stop-gradient weight):
+    no [K, V] graph is kept for it, which is most of the head's cost on a large vocabulary.
     """
     _check(input_ids, attention_mask, loss_mask, token_budget, temperature)
     n, length = input_ids.shape
@@ -42,7 +43,8 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     flat, lps, ents = [], [], []
     for mb in plan_micro_batches(attention_mask, loss_mask.bool().any(1), token_budget):
         idx, lp, ent = _score(model, inner, mb, input_ids, attention_mask, loss_mask,
-                              extras.take(mb.rows, mb.start, mb.stop), mrope, with_entropy, temperature)
+                              extras.take(mb.rows, mb.start, mb.stop), mrope, with_entropy, entropy_grad,
+                              temperature)
         flat.append(idx)
         lps.append(lp)
         ents.append(ent)
@@ -57,7 +59,7 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
 
 def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
            loss_mask: torch.Tensor, extra: dict[str, Any], mrope: bool, with_entropy: bool,
-           temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+           entropy_grad: bool, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One micro-batch: backbone forward, then the LM head on the K hidden states that predict each
     loss position t. Returns (flat indices into [N*L], logp [K], entropy [K] | None)."""
     rows = mb.rows.to(input_ids.device)
@@ -79,13 +81,18 @@ def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, atte
     # model's own forward still runs end to end (wrappers, logit scaling, DDP hooks all apply).
     handle = inner.get_output_embeddings().register_forward_pre_hook(pick_positions)
     try:
-        logits = model(**kwargs).logits[0].float() / temperature
+        logits = model(**kwargs).logits[0].float()
     finally:
         handle.remove()
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[r, t].unsqueeze(-1)).squeeze(-1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    # log p(target) = target logit - logsumexp: no [K, V] log-softmax kept for backward.
+    logp = logits.gather(-1, ids[r, t].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     # H = -sum_v p_v log p_v of the (tempered) next-token distribution (SPEC's H[i, t]).
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits)
     return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
 
 

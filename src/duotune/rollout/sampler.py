@@ -69,14 +69,21 @@ class HFSampler:
 
     batch_size counts sequences per `generate` call (prompts x samples); suppress_tokens are token
     ids never sampled (e.g. image placeholders a VLM must not emit).
+
+    share_prefill: with n > 1 samples of a text prompt, run the prompt through the model once and
+    copy its KV cache to the n rows (`Cache.batch_repeat_interleave`) instead of prefilling every
+    row; the samples are the same distribution (greedy output is identical), prefill costs 1/n.
+    VLMs always prefill per row (their image features are merged inside the prefill).
     """
 
-    def __init__(self, bundle: Any, batch_size: int = 32, suppress_tokens: Sequence[int] | None = None):
+    def __init__(self, bundle: Any, batch_size: int = 32, suppress_tokens: Sequence[int] | None = None,
+                 share_prefill: bool = True):
         if batch_size < 1:
             raise ConfigError(f"sampler batch_size must be >= 1 (got {batch_size})")
         self.bundle = bundle
         self.batch_size = batch_size
         self.suppress_tokens = list(suppress_tokens) if suppress_tokens else None
+        self.share_prefill = share_prefill
         self.encoder = PromptEncoder(bundle)
 
     @torch.no_grad()
@@ -84,9 +91,12 @@ class HFSampler:
         if not examples:
             return []
         prompts = [self.encoder.encode(ex) for ex in examples]
-        # One row per (example, sample); sorting by prompt length keeps left padding short.
+        shared = self.share_prefill and params.n > 1 and not self.bundle.is_vlm
+        # One row per (example, sample); sorting by prompt length keeps left padding short. With a
+        # shared prefill a chunk holds whole groups (each prompt's n rows), at least one.
         rows = sorted(((i, j) for i in range(len(examples)) for j in range(params.n)),
                       key=lambda r: (len(prompts[r[0]].input_ids), r[0], r[1]))
+        step = max(1, self.batch_size // params.n) * params.n if shared else self.batch_size
         out: list[list[Completion | None]] = [[None] * params.n for _ in examples]
         model = self.bundle.model
         was_training = model.training
@@ -95,20 +105,27 @@ class HFSampler:
             with torch.random.fork_rng(devices=_rng_devices(model), enabled=params.seed is not None):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                for start in range(0, len(rows), self.batch_size):
-                    chunk = rows[start:start + self.batch_size]
-                    done = self._generate_chunk([prompts[i] for i, _ in chunk], params)
+                for start in range(0, len(rows), step):
+                    chunk = rows[start:start + step]
+                    if shared:
+                        done = self._generate_chunk([prompts[i] for i, _ in chunk[::params.n]], params,
+                                                    repeat=params.n)
+                    else:
+                        done = self._generate_chunk([prompts[i] for i, _ in chunk], params)
                     for (i, j), comp in zip(chunk, done):
                         out[i][j] = comp
         finally:
             model.train(was_training)
         return [[c for c in per if c is not None] for per in out]
 
-    def _generate_chunk(self, prompts: list[Any], params: SamplingParams) -> list[Completion]:
+    def _generate_chunk(self, prompts: list[Any], params: SamplingParams, repeat: int = 1) -> list[Completion]:
+        """Completions for `prompts`, each repeated `repeat` times in a row (shared prefill)."""
         model = self.bundle.model
         inputs = self.encoder.batch(prompts, padding_side="left")
         device = next(model.parameters()).device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if repeat > 1:
+            inputs = self._shared_prefill(inputs, repeat)
         greedy = params.temperature == 0
         eos = self.encoder.eos_ids
         gen_kwargs: dict[str, Any] = dict(
@@ -125,6 +142,18 @@ class HFSampler:
         seqs = model.generate(**inputs, **gen_kwargs)
         new = seqs[:, inputs["input_ids"].shape[1]:].tolist()
         return [self._completion(ids, eos) for ids in new]
+
+    def _shared_prefill(self, inputs: dict[str, Any], repeat: int) -> dict[str, Any]:
+        """Prefill every prompt token but the last once per prompt, then give each of the `repeat`
+        rows a copy of that cache; `generate` then feeds only the last prompt token per row.
+        Position ids follow `generate`'s own rule for left padding (mask cumsum - 1)."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = self.bundle.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                  position_ids=positions[:, :-1], use_cache=True).cache
+        cache.batch_repeat_interleave(repeat)
+        return {"input_ids": ids.repeat_interleave(repeat, dim=0),
+                "attention_mask": mask.repeat_interleave(repeat, dim=0), "cache": cache}
 
     def _completion(self, ids: list[int], eos: list[int]) -> Completion:
         stop = next((k for k, t in enumerate(ids) if t in eos), None)

@@ -1,4 +1,5 @@
-"""Atomic checkpoints: model (safetensors via `models.save_model`), optimizer, scheduler, RNG, KL state.
+"""Atomic checkpoints: model (safetensors via `models.save_model`), optimizer, scheduler, RNG, KL state
+(and for LoRA runs the unmerged trained tensors, so a resume continues the same adapters).
 
 A checkpoint is written to a temporary folder and renamed into place, so the last good one is never
 lost; only the newest `keep_last` are kept. Imports torch and `duotune.models`; no trainer logic.
@@ -17,8 +18,10 @@ import torch
 
 from duotune.errors import ConfigError
 from duotune.models import save_model
+from duotune.models.lora import is_peft, save_trainable_state
 
 PREFIX = "checkpoint-"
+TRAINABLE = "trainable.safetensors"  # LoRA runs: adapters + fully trained modules, unmerged
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,6 +48,8 @@ def save_checkpoint(run_dir: Path, step: int, bundle: Any, trainer_state: dict[s
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_model(bundle, tmp / "model")
+    if is_peft(bundle.model):  # the adapters as trained (model/ holds them merged)
+        save_trainable_state(bundle.model, tmp / TRAINABLE)
     torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
     if final.exists():

@@ -38,8 +38,8 @@ def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]
     return [torch.tensor(g, dtype=torch.long) for g in groups]
 
 
-def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *,
-                      with_entropy: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *, with_entropy: bool,
+                      entropy_grad: bool = True, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response token) and entropy, response-aligned [n, T], for one micro-batch."""
     device = batch.input_ids.device
     extra = {k: v.to(device) for k, v in encoder.pixel_inputs(
@@ -47,7 +47,8 @@ def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, 
     extra.update({k: v.to(device) for k, v in batch.token_fields.items()})
     logp, ent = compute_logprobs(
         model, batch.input_ids, batch.attention_mask, batch.loss_mask, extra_inputs=extra or None,
-        token_budget=batch.input_ids.numel(), with_entropy=with_entropy, temperature=temperature)
+        token_budget=batch.input_ids.numel(), with_entropy=with_entropy, entropy_grad=entropy_grad,
+        temperature=temperature)
     mask = batch.response_mask.to(logp.dtype)
     logp = logp.gather(1, batch.resp_pos) * mask
     ent = ent.gather(1, batch.resp_pos) * mask if ent is not None else None
@@ -72,26 +73,30 @@ def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, tok
 
 
 def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch, loss_fn: LossFn,
-                        token_budget: int, *, with_entropy: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
+                        token_budget: int, *, with_entropy: bool,
+                        entropy_grad: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Back-propagate `loss_fn(logp, entropy)` over the whole batch; returns (loss, metrics, logp, H).
 
     One micro-batch: a plain forward/backward. Several: the two-pass replay described above.
+    entropy_grad False: the loss only reads the entropy (metrics, stop-gradient weights), so it is
+    computed outside autograd.
     Gradients are only accumulated here; data-parallel averaging happens after (see `loop`).
     """
     mbs = micro_batches(batch, token_budget)
     if len(mbs) == 1:
-        logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy)
+        logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy,
+                                      entropy_grad=entropy_grad)
         loss, metrics = loss_fn(logp, ent)
         if torch.isfinite(loss):
             loss.backward()
         return loss.detach(), metrics, logp.detach(), None if ent is None else ent.detach()
     logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy)
     leaf_logp = logp0.clone().requires_grad_(True)
-    leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None else None
+    leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None and entropy_grad else ent0
     loss, metrics = loss_fn(leaf_logp, leaf_ent)
     if not torch.isfinite(loss):
         return loss.detach(), metrics, logp0, ent0
-    inputs = [leaf_logp] + ([leaf_ent] if leaf_ent is not None else [])
+    inputs = [leaf_logp] + ([leaf_ent] if leaf_ent is not None and leaf_ent.requires_grad else [])
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     g_logp = grads[0] if grads[0] is not None else torch.zeros_like(logp0)
     g_ent = grads[1] if len(grads) > 1 and grads[1] is not None else None

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, model_validator
 import duotune.algos  # noqa: F401 - fills the advantage/policy_loss/aggregation/kl/demo registries
 from duotune.rewards import validate_reward_name  # importing fills the reward registry
 from duotune.config import Cfg, RegistryName
+from duotune.models.lora import DEFAULT_TARGETS
 from duotune.registry import Registry
 from duotune.trainers.methods import METHODS
 
@@ -105,6 +106,19 @@ class ComputeCfg(Cfg):
     freeze_vision_tower: bool = Field(False, description="VLMs: do not train the vision encoder")
 
 
+class LoraCfg(Cfg):
+    enabled: bool = Field(False, description="train LoRA adapters (peft) instead of every weight")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(list(DEFAULT_TARGETS), min_length=1,
+                                      description="names of the linear layers that get adapters")
+    full_modules: list[str] = Field([], description="modules trained in full beside the adapters, "
+                                    "e.g. [vision_tower, multi_modal_projector] for a LLaVA VLM")
+    full_lr: float | None = Field(None, gt=0, description="learning rate of full_modules "
+                                  "(default: optim.lr, which the adapters use)")
+
+
 class EvalCfg(Cfg):
     benchmark: str | None = Field(None, description="benchmark evaluated during training")
     every: int = Field(0, ge=0, description="evaluate every N steps (0 = never)")
@@ -145,6 +159,7 @@ class TrainConfig(Cfg):
     algo: AlgoCfg = Field(default_factory=AlgoCfg, description="losses and advantages")
     optim: OptimCfg = Field(default_factory=OptimCfg, description="optimizer")
     compute: ComputeCfg = Field(default_factory=ComputeCfg, description="compute")
+    lora: LoraCfg = Field(default_factory=LoraCfg, description="LoRA (peft) instead of full fine-tuning")
     eval: EvalCfg = Field(default_factory=EvalCfg, description="in-training evaluation")
     run: RunCfg = Field(default_factory=RunCfg, description="run folder, logging, checkpoints")
     stages: list[StageCfg] = Field([], description="pipeline: stages run in order, each from the "

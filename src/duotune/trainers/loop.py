@@ -19,7 +19,8 @@ import torch
 from duotune.config import save_config
 from duotune.data import load_examples
 from duotune.errors import DuotuneError
-from duotune.models import load_model
+from duotune.models import load_model, save_model
+from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
 from duotune.rollout import HFSampler, PromptEncoder
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers.config import TrainConfig, stage_configs
@@ -89,16 +90,36 @@ def train(cfg: TrainConfig) -> RunResult:
 
 def _stage_bundle(cfg: TrainConfig, k: int, prev: Any, run_dir: Path, resume: Path | None,
                   accelerator: Any) -> Any:
-    """Stage weights: the resume checkpoint, else the previous stage's final model, else cfg.model."""
-    dtype = resolve_dtype(cfg.compute.dtype, accelerator.device)
+    """Stage weights: the resume checkpoint, else the previous stage's final model, else cfg.model.
+
+    With `lora.enabled` the stage is that model (saved as stage-<k>-init, adapters of an earlier
+    stage merged in) plus fresh adapters; a resume reloads stage-<k>-init and the checkpoint's
+    unmerged trained tensors, so it continues the very same adapters."""
+    def load(source: str) -> Any:
+        return load_model(source, dtype=resolve_dtype(cfg.compute.dtype, accelerator.device),
+                          device=accelerator.device, freeze_vision_tower=cfg.compute.freeze_vision_tower)
+
+    init = run_dir / f"stage-{k}-init"
     if resume is not None:
-        bundle = load_model(str(resume / "model"), dtype=dtype, device=accelerator.device,
-                            freeze_vision_tower=cfg.compute.freeze_vision_tower)
+        if cfg.lora.enabled and not (init / "config.json").is_file():
+            raise DuotuneError(f"cannot resume the LoRA run from {resume}: its stage start {init} is missing")
+        bundle = load(str(init) if cfg.lora.enabled else str(resume / "model"))
     elif prev is not None:
-        return prev
+        if not cfg.lora.enabled and not is_peft(prev.model):
+            return prev
+        bundle = prev
+        if is_peft(bundle.model):  # the next stage starts from the merged weights
+            bundle.model = bundle.model.merge_and_unload()
     else:
-        bundle = load_model(cfg.model, dtype=dtype, device=accelerator.device,
-                            freeze_vision_tower=cfg.compute.freeze_vision_tower)
+        bundle = load(cfg.model)
+    if cfg.lora.enabled:
+        lo = cfg.lora
+        if resume is None and accelerator.is_main_process:
+            save_model(bundle, init)
+        bundle.model = apply_lora(bundle.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+                                  targets=lo.target_modules, full_modules=lo.full_modules)
+        if resume is not None:
+            load_trainable_state(bundle.model, resume / ckpt.TRAINABLE)
     bundle.model.train()
     broadcast_params(bundle.model, accelerator)
     return bundle
@@ -116,8 +137,7 @@ def _reference(cfg: TrainConfig, k: int, bundle: Any, run_dir: Path, resumed: bo
                          dtype=resolve_dtype(cfg.compute.dtype, accelerator.device)).model
     else:
         ref = copy.deepcopy(bundle.model)
-        if accelerator.is_main_process:
-            from duotune.models import save_model
+        if accelerator.is_main_process and not cfg.lora.enabled:  # LoRA stages saved it already
             save_model(bundle, run_dir / f"stage-{k}-init")
     return ref.eval().requires_grad_(False)
 
@@ -131,7 +151,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
     if not examples:
         raise DuotuneError(f"data.train {cfg.data.train!r} has no rows")
     total_opt = cfg.steps * cfg.num_iterations
-    optimizer, scheduler = build_optimizer(bundle.model, cfg.optim, total_opt)
+    groups = (param_groups(bundle.model, cfg.optim.lr, cfg.lora.full_lr, cfg.lora.full_modules)
+              if cfg.lora.enabled else None)
+    optimizer, scheduler = build_optimizer(bundle.model, cfg.optim, total_opt, groups)
     kl = build_kl(cfg, total_opt)
     st = StageState(cfg=cfg, bundle=bundle, encoder=PromptEncoder(bundle),
                     sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,

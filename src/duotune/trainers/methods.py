@@ -60,12 +60,17 @@ LossFn = Callable[[LossInputs, torch.Tensor, torch.Tensor | None], tuple[torch.T
 
 @dataclass(frozen=True)
 class Method:
-    """A named bundle: where demos enter, its loss, and (for recipes like grpo_d) a forced KL controller."""
+    """A named bundle: where demos enter, its loss, and (for recipes like grpo_d) a forced KL controller.
+
+    The entropy a loss receives carries gradient only when `algo.entropy_coef` != 0 (the built-in
+    losses' one entropy term with a gradient); a loss that differentiates it otherwise sets
+    `entropy_grad=True`."""
 
     demo_entry: DemoEntry
     loss: LossFn
     uses_reward: bool = True
     kl_controller: str | None = None
+    entropy_grad: bool = False
 
 
 def _mmean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

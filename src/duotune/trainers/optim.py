@@ -13,10 +13,12 @@ import torch
 from duotune.trainers.config import OptimCfg
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimCfg, total_steps: int
+def build_optimizer(model: torch.nn.Module, cfg: OptimCfg, total_steps: int,
+                    groups: list[dict[str, Any]] | None = None
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over trainable parameters and a LambdaLR over `total_steps` optimizer steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over trainable parameters (or the given param `groups`, each with its own lr) and a
+    LambdaLR over `total_steps` optimizer steps that scales every group's lr alike."""
+    params = groups if groups is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     warm = round(cfg.warmup_ratio * total_steps)
 

@@ -91,7 +91,8 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
                             beta=float(st.kl.value), progress=st.opt_steps / max(1, cfg.steps * cfg.num_iterations))
         st.optimizer.zero_grad(set_to_none=True)
         loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h: method.loss(inputs, lp, h),
-                                               budget, with_entropy=True)
+                                               budget, with_entropy=True,
+                                               entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef))
         record.update(lmet)
         record.update(_update(st, loss, lmet))
     t_train = time.perf_counter() - t1
