@@ -7,6 +7,7 @@ Imports torch, `duotune.algos` (entropy) and `duotune.models.batching`; never tr
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,16 +85,91 @@ def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, atte
         logits = model(**kwargs).logits[0].float()
     finally:
         handle.remove()
+    logp, entropy = _head_stats(logits, ids[r, t], with_entropy, entropy_grad, temperature)
+    return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
+
+
+def _head_stats(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool, entropy_grad: bool,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) [K] and entropy [K] | None of logits [K, V] divided by `temperature`."""
     if temperature != 1.0:
         logits = logits / temperature
     # log p(target) = target logit - logsumexp: no [K, V] log-softmax kept for backward.
-    logp = logits.gather(-1, ids[r, t].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     # H = -sum_v p_v log p_v of the (tempered) next-token distribution (SPEC's H[i, t]).
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = entropy_from_logits(logits)
-    return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
+    return logp, entropy
+
+
+def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           resp_pos: torch.Tensor, response_mask: torch.Tensor, prompt_index: torch.Tensor, *,
+                           with_entropy: bool = True, entropy_grad: bool = True, temperature: float = 1.0
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Response log-probs and entropies [N, T] of right-padded prompt + response rows (as `collate`
+    makes them) whose rows share prompts (`prompt_index` equal): each distinct prompt runs through
+    the model once, its KV cache is gathered to its rows, and only the response tokens run per row.
+
+    The values equal `compute_logprobs` on the full rows (gathered at `resp_pos`), and gradients
+    reach the prompt's activations through the cache, so a GRPO group of G rows costs one prompt
+    forward instead of G. Text models only (a VLM merges image features inside its prompt forward).
+    """
+    device = input_ids.device
+    inner = _unwrap(model)
+    mask = response_mask.bool()
+    n, t_len = mask.shape
+    plen = attention_mask.long().sum(-1) - mask.long().sum(-1)  # prompt length of each row
+    uniq, row_u = torch.unique(prompt_index.to(device), return_inverse=True)
+    first = torch.full((len(uniq),), n, dtype=torch.long, device=device).scatter_reduce(
+        0, row_u, torch.arange(n, device=device), reduce="amin")
+    p_len = plen[first]
+    width = int(p_len.max())
+    # The distinct prompts, left padded (as `generate` lays them out) so every one ends at width - 1.
+    cols = torch.arange(width, device=device)
+    src = (cols[None, :] - (width - p_len)[:, None])
+    p_mask = (src >= 0).long()
+    p_ids = input_ids[first[:, None], src.clamp(min=0)] * p_mask
+    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+    cache_kw = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+    def pick(select: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        return inner.get_output_embeddings().register_forward_pre_hook(
+            lambda _m, args: (select(args[0]).unsqueeze(0),) + tuple(args[1:]))
+
+    handle = pick(lambda h: h[:, -1])  # the last prompt position predicts response token 0
+    try:
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+    finally:
+        handle.remove()
+    first_logits = out.logits[0].float()
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_select_indices(row_u)
+    # Response tokens of every row after its prompt's cache; position t-1 predicts token t.
+    r_ids = input_ids.gather(1, resp_pos) * mask.long()
+    r, t = mask[:, 1:].nonzero(as_tuple=True)
+    handle = pick(lambda h: h[r, t])
+    try:
+        logits = model(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_u], mask.long()], 1),
+                       position_ids=plen[:, None] + torch.arange(t_len, device=device)[None, :],
+                       use_cache=True, **{cache_kw: cache}).logits[0].float()
+    finally:
+        handle.remove()
+    lp_rest, h_rest = _head_stats(logits, r_ids[r, t + 1], with_entropy, entropy_grad, temperature)
+    # Token 0: per prompt stats, read per row (the target differs by row, the distribution does not).
+    rows0 = mask[:, 0].nonzero(as_tuple=True)[0]
+    scaled = first_logits / temperature if temperature != 1.0 else first_logits
+    lp0 = scaled[row_u[rows0], r_ids[rows0, 0]] - torch.logsumexp(scaled, -1)[row_u[rows0]]
+    logp = torch.zeros((n, t_len), dtype=torch.float32, device=device)
+    logp = logp.index_put((rows0, torch.zeros_like(rows0)), lp0).index_put((r, t + 1), lp_rest)
+    if not with_entropy:
+        return logp, None
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        h0 = entropy_from_logits(scaled)[row_u[rows0]]
+    ent = torch.zeros((n, t_len), dtype=torch.float32, device=device)
+    ent = ent.index_put((rows0, torch.zeros_like(rows0)), h0).index_put((r, t + 1), h_rest)
+    return logp, ent
 
 
 def _unwrap(model: Any) -> Any:

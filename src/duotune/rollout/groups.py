@@ -108,6 +108,7 @@ class CollatedBatch:
     truncated: torch.Tensor
     images: list[list[Any]]
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, L] processor ids
+    prompt_index: torch.Tensor | None = None  # [N] which prompt each row continues (equal = same prompt)
 
     @property
     def num_rows(self) -> int:
@@ -124,7 +125,8 @@ class CollatedBatch:
             self.loss_mask[rows, :length], self.resp_pos[rows].clamp(max=length - 1),
             self.response_mask[rows], self.demo_mask[rows], self.is_demo[rows], self.group_ids[rows],
             self.truncated[rows], [self.images[int(r)] for r in rows],
-            {k: v[rows, :length] for k, v in self.token_fields.items()})
+            {k: v[rows, :length] for k, v in self.token_fields.items()},
+            None if self.prompt_index is None else self.prompt_index[rows])
 
 
 def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
@@ -151,4 +153,5 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
         input_ids, attn, loss_mask, resp_pos, response_mask, response_mask * is_demo[:, None].float(),
         is_demo, torch.tensor(rollout.group_ids, dtype=torch.long),
         torch.tensor(rollout.truncated, dtype=torch.bool),
-        [rollout.prompts[s].images for s in rollout.source], fields)
+        [rollout.prompts[s].images for s in rollout.source], fields,
+        torch.tensor(rollout.source, dtype=torch.long))

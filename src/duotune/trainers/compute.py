@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from duotune.models import compute_logprobs
+from duotune.models.logprobs import shared_prompt_logprobs
 from duotune.rollout import CollatedBatch, PromptEncoder
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
@@ -39,9 +40,19 @@ def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]
 
 
 def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *, with_entropy: bool,
-                      entropy_grad: bool = True, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(response token) and entropy, response-aligned [n, T], for one micro-batch."""
+                      entropy_grad: bool = True, temperature: float = 1.0,
+                      share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(response token) and entropy, response-aligned [n, T], for one micro-batch.
+
+    share_prompts: when rows continue the same prompt (a GRPO group) and the batch is text only,
+    each prompt runs once and its KV cache serves its rows (`shared_prompt_logprobs`); same values.
+    """
     device = batch.input_ids.device
+    if (share_prompts and batch.prompt_index is not None and not batch.token_fields
+            and not any(batch.images) and len(torch.unique(batch.prompt_index)) < batch.num_rows):
+        return shared_prompt_logprobs(model, batch.input_ids, batch.attention_mask, batch.resp_pos,
+                                      batch.response_mask, batch.prompt_index, with_entropy=with_entropy,
+                                      entropy_grad=entropy_grad, temperature=temperature)
     extra = {k: v.to(device) for k, v in encoder.pixel_inputs(
         [im for row in batch.images for im in row]).items()}
     extra.update({k: v.to(device) for k, v in batch.token_fields.items()})
@@ -56,7 +67,8 @@ def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, 
 
 
 def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, token_budget: int, *,
-                   with_entropy: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool, temperature: float = 1.0,
+                   share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad response log-probs/entropy for all rows (reference, old policy, or pass one)."""
     mbs = micro_batches(batch, token_budget)
     n, t = batch.response_mask.shape
@@ -65,7 +77,7 @@ def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, tok
     with torch.no_grad():
         for rows in mbs:
             lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=with_entropy,
-                                       temperature=temperature)
+                                       temperature=temperature, share_prompts=share_prompts)
             logp[rows] = lp.float()
             if ent is not None and en is not None:
                 ent[rows] = en.float()
@@ -73,8 +85,8 @@ def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, tok
 
 
 def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch, loss_fn: LossFn,
-                        token_budget: int, *, with_entropy: bool,
-                        entropy_grad: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
+                        token_budget: int, *, with_entropy: bool, entropy_grad: bool = True,
+                        share_prompts: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Back-propagate `loss_fn(logp, entropy)` over the whole batch; returns (loss, metrics, logp, H).
 
     One micro-batch: a plain forward/backward. Several: the two-pass replay described above.
@@ -85,12 +97,13 @@ def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch
     mbs = micro_batches(batch, token_budget)
     if len(mbs) == 1:
         logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy,
-                                      entropy_grad=entropy_grad)
+                                      entropy_grad=entropy_grad, share_prompts=share_prompts)
         loss, metrics = loss_fn(logp, ent)
         if torch.isfinite(loss):
             loss.backward()
         return loss.detach(), metrics, logp.detach(), None if ent is None else ent.detach()
-    logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy)
+    logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy,
+                                 share_prompts=share_prompts)
     leaf_logp = logp0.clone().requires_grad_(True)
     leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None and entropy_grad else ent0
     loss, metrics = loss_fn(leaf_logp, leaf_ent)
@@ -102,7 +115,8 @@ def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch
     g_ent = grads[1] if len(grads) > 1 and grads[1] is not None else None
     need_ent = with_entropy and g_ent is not None
     for rows in mbs:
-        lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent)
+        lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent,
+                                   share_prompts=share_prompts)
         surrogate = (lp * g_logp[rows].to(lp.dtype)).sum()
         if need_ent and en is not None:
             surrogate = surrogate + (en * g_ent[rows].to(en.dtype)).sum()

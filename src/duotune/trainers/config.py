@@ -104,6 +104,9 @@ class ComputeCfg(Cfg):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = float32 on CPU, bfloat16 on GPU")
     freeze_vision_tower: bool = Field(False, description="VLMs: do not train the vision encoder")
+    share_prompts: bool = Field(True, description="text models: run each prompt once per micro-batch "
+                                "and reuse its KV cache for the rows that continue it (a GRPO group); "
+                                "same values, fewer FLOPs")
 
 
 class LoraCfg(Cfg):

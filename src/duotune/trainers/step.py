@@ -79,10 +79,11 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
         mask[batch.truncated & ~batch.is_demo] = 0
     budget = cfg.compute.token_budget
-    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False)[0]
+    share = cfg.compute.share_prompts
+    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
                 if st.reference is not None else None)
     # Old log-probs only matter when the same batch is reused (rho != 1); with one update rho == 1.
-    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False)[0]
+    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
                 if cfg.num_iterations > 1 else None)
     t1 = time.perf_counter()
     for it in range(cfg.num_iterations):
@@ -92,7 +93,8 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
         st.optimizer.zero_grad(set_to_none=True)
         loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h: method.loss(inputs, lp, h),
                                                budget, with_entropy=True,
-                                               entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef))
+                                               entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef),
+                                               share_prompts=share)
         record.update(lmet)
         record.update(_update(st, loss, lmet))
     t_train = time.perf_counter() - t1
@@ -157,5 +159,7 @@ def _to(batch: Any, device: torch.device) -> Any:
     for name in ("input_ids", "attention_mask", "loss_mask", "resp_pos", "response_mask", "demo_mask",
                  "is_demo", "group_ids", "truncated"):
         setattr(batch, name, getattr(batch, name).to(device))
+    if batch.prompt_index is not None:
+        batch.prompt_index = batch.prompt_index.to(device)
     batch.token_fields = {k: v.to(device) for k, v in batch.token_fields.items()}
     return batch
