@@ -16,14 +16,6 @@ from duotune.trainers import TrainConfig, train
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    rows = [{"prompt": f"write digits {i}", "answer": str(i), "demo": f"{i}{i}{i} {i}"} for i in range(8)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 def _cfg(tmp_path, data_file, *extra):
     return load_config(TrainConfig, CONFIGS / "sft.yaml", [
         f"data.train={data_file}", f"run.output_dir={tmp_path}", "run.progress=false", "run.plots=false",

@@ -40,14 +40,6 @@ def test_rewards():
     reg.unregister("test_any_digit")
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    rows = [{"prompt": f"write digits {i}", "answer": str(i), "demo": f"{i}{i}{i} {i}"} for i in range(8)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 def _cfg(tmp_path, data_file, method, *extra):
     reward = "test_any_digit" if method == "srft" else "test_digit_share"
     return load_config(TrainConfig, CONFIGS / f"{method}.yaml", [

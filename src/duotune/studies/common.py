@@ -47,9 +47,10 @@ class Scale:
 SCALES = {
     # Tests: a random tiny LLaVA, 1-2 steps, a handful of items; checks plumbing and table shapes.
     "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
-    # This 2-core shared CPU: one SFT step of 4 prompts takes ~30-60 s on smollm2-vision, a GRPO step
-    # with G = 4 about 2-3 min, so every arm gets a handful of steps (see the study reports).
-    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 24, 400, 16, 3, 2, 4, 80, 80, 3e-4, 1e-4, 5e-5),
+    # This 2-core shared CPU: a warm-up SFT step of 8 prompts (LoRA on the LM, tower + projector in
+    # full) takes ~10-20 s on smollm2-vision, a GRPO step with G = 4 a minute or more, so the RL arms
+    # get a handful of steps (see the study reports). 48 held-out items per task, 160 new tokens.
+    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 60, 400, 48, 3, 2, 4, 128, 160, 3e-4, 1e-4, 5e-5),
 }
 
 
