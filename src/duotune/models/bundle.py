@@ -130,8 +130,9 @@ def save_model(bundle: ModelBundle, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = bundle.model
-    if hasattr(model, "peft_config"):  # LoRA: write the merged model, loadable without peft
-        from duotune.models.lora import merged_copy
+    from duotune.models.lora import is_peft, merged_copy
+
+    if is_peft(model):  # LoRA: write the merged model, loadable without peft
         model = merged_copy(model)
     strip_gguf_quantizer(model)
     model.save_pretrained(path, safe_serialization=True)

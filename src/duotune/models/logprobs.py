@@ -157,19 +157,16 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     finally:
         handle.remove()
     lp_rest, h_rest = _head_stats(logits, r_ids[r, t + 1], with_entropy, entropy_grad, temperature)
-    # Token 0: per prompt stats, read per row (the target differs by row, the distribution does not).
+    # Token 0 is predicted by its prompt's last position: that prompt's logits, read per row.
     rows0 = mask[:, 0].nonzero(as_tuple=True)[0]
-    scaled = first_logits / temperature if temperature != 1.0 else first_logits
-    lp0 = scaled[row_u[rows0], r_ids[rows0, 0]] - torch.logsumexp(scaled, -1)[row_u[rows0]]
-    logp = torch.zeros((n, t_len), dtype=torch.float32, device=device)
-    logp = logp.index_put((rows0, torch.zeros_like(rows0)), lp0).index_put((r, t + 1), lp_rest)
-    if not with_entropy:
-        return logp, None
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        h0 = entropy_from_logits(scaled)[row_u[rows0]]
-    ent = torch.zeros((n, t_len), dtype=torch.float32, device=device)
-    ent = ent.index_put((rows0, torch.zeros_like(rows0)), h0).index_put((r, t + 1), h_rest)
-    return logp, ent
+    lp0, h0 = _head_stats(first_logits[row_u[rows0]], r_ids[rows0, 0], with_entropy, entropy_grad, temperature)
+    at0 = (rows0, torch.zeros_like(rows0))
+
+    def place(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((n, t_len), dtype=torch.float32, device=device)
+        return out.index_put(at0, first).index_put((r, t + 1), rest)
+
+    return place(lp0, lp_rest), (place(h0, h_rest) if with_entropy else None)
 
 
 def _unwrap(model: Any) -> Any:
