@@ -94,6 +94,19 @@ def test_resume_skips_finished_runs(compared, monkeypatch):
     assert "ZeroDivisionError" in res["methods"]["grpo_d"]["errors"]["0"]
 
 
+def test_report_only_trains_nothing_and_shows_seeds(compared, monkeypatch, tmp_path):
+    cfg, root, _ = compared
+    import duotune.trainers
+
+    monkeypatch.setattr(duotune.trainers, "train", lambda c: 1 / 0)
+    res = run_compare(cfg.model_copy(update={"seeds": [0, 1]}), report_only=True)
+    assert res["methods"]["sft"]["seeds"] == [0]  # seed 1 was never run and nothing was trained
+    assert "| sft | " in (md := (root / "report.md").read_text()) and " | seeds | train s | status |" in md
+    assert [ln for ln in md.splitlines() if ln.startswith("| srft |")][0].split(" | ")[-3] == "0"
+    with pytest.raises(ConfigError, match="no results"):
+        run_compare(cfg.model_copy(update={"output_dir": str(tmp_path)}), report_only=True)
+
+
 def test_analyze_cli_redraws_map_and_measures_shift(compared, tmp_path):
     import argparse
     import json

@@ -17,6 +17,7 @@ from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
 from duotune.analysis.plan import BASE
+from duotune.errors import ConfigError
 
 STATUS_DONE, STATUS_FAILED = "done", "failed"
 
@@ -156,13 +157,19 @@ def _append(path: Path, curve: dict[int, dict[str, Any]], point: dict[str, Any])
         f.write(json.dumps(point) + "\n")
 
 
-def run_compare(cfg: CompareConfig) -> dict[str, Any]:
-    """Run (or resume) the comparison and write its report; returns the results dict (results.json)."""
+def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]:
+    """Run (or resume) the comparison and write its report; returns the results dict (results.json).
+    With `report_only` nothing is trained or evaluated: the report is rebuilt from the results on disk
+    (methods or seeds without one show as missing)."""
     from duotune.analysis.plan import budget_of, plan
     from duotune.analysis.report import write_report
     from duotune.config import save_config
 
     root = Path(cfg.output_dir) / cfg.name
+    if report_only:
+        if not any((root / "results").glob("*.json")):
+            raise ConfigError(f"--report-only: no results in {root / 'results'}; run the comparison first")
+        return write_report(root, cfg)
     root.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, root)
     configs = plan(cfg, ctx.train_path, root / "runs")  # refuses mismatched budgets before any work
@@ -189,6 +196,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `duotune compare`."""
     parser.add_argument("config", help="comparison YAML, e.g. configs/compare/arithmetic.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. seeds=[0,1]")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and evaluate nothing; rebuild the report from the results already on disk "
+                             "(e.g. after running method subsets in parallel with methods=[...] overrides)")
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
@@ -196,7 +206,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     from duotune.config import load_config
 
     cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg)
+    results = run_compare(cfg, report_only=args.report_only)
     root = Path(cfg.output_dir) / cfg.name
     print((root / "report.md").read_text())
     print(f"report: {root} (results.json, report.md, report.html, plots/); failed: "

@@ -15,6 +15,7 @@ from typing import Any
 from duotune.plotting import pyplot, save_figure
 
 # (file stem, title, metrics.jsonl keys drawn on it); methods without the key are left out.
+# Beta is drawn only from steps that had a KL term (`kl/mean` logged): an SFT stage has none.
 TRAINING_PANELS = [
     ("reward", "training reward (on-policy mean)", ["reward/mean"]),
     ("entropy_all", "entropy, all response tokens", ["entropy/mean"]),
@@ -95,7 +96,7 @@ def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             runs: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
             for r in done:
                 pts = [(rec["step"], rec[key]) for rec in metrics.get(id(r), [])
-                       if isinstance(rec.get(key), (int, float))]
+                       if isinstance(rec.get(key), (int, float)) and (key != "kl/beta" or "kl/mean" in rec)]
                 if pts:
                     runs[r["method"]].append(pts)
             label = (lambda m: f"{m} {key}") if len(keys) > 1 else (lambda m: m)

@@ -113,13 +113,14 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
              f"T = {cfg.eval.temperature}, n = {cfg.eval.n}, {cfg.eval.max_new_tokens} new tokens; seeds "
              f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds); best in brackets.", "",
              "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'})" for n, d in sets)
-             + " | train s | status |",
-             "|---|" + "---|" * (len(sets) + 2)]
+             + " | seeds | train s | status |",
+             "|---|" + "---|" * (len(sets) + 3)]
     for m, e in res["methods"].items():
         cells = [f"{_cell(e['final'].get(n))} [{_cell(e['best'].get(n))}]" if e.get("final") else "-"
                  for n, _ in sets]
         wall = f"{e['train_wall_s']:.0f}" if "train_wall_s" in e else "-"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {wall} | {e['status']} |")
+        seeds = ",".join(map(str, e["seeds"])) or "-"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {seeds} | {wall} | {e['status']} |")
     tta = res["time_to_accuracy"]
     if tta:
         lines += ["", f"## Time to accuracy on `{tta['eval_set']}` (target {100 * tta['target']:.1f} %)", "",

@@ -132,7 +132,7 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     p_mask = (src >= 0).long()
     p_ids = input_ids[first[:, None], src.clamp(min=0)] * p_mask
     p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-    cache_kw = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(inner)
 
     def pick(select: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         return inner.get_output_embeddings().register_forward_pre_hook(
@@ -144,7 +144,7 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     finally:
         handle.remove()
     first_logits = out.logits[0].float()
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache = output_cache(out)
     cache.batch_select_indices(row_u)
     # Response tokens of every row after its prompt's cache; position t-1 predicts token t.
     r_ids = input_ids.gather(1, resp_pos) * mask.long()
@@ -203,3 +203,14 @@ def _check(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: tor
         raise ConfigError(f"token_budget must be >= 1 (got {token_budget})")
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0 (got {temperature})")
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name a model's forward (and `generate`) takes its KV cache by: `cache` in transformers 5,
+    `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(_unwrap(model).forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a forward's output under either transformers naming (see `cache_kwarg`)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values

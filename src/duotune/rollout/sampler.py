@@ -149,11 +149,14 @@ class HFSampler:
         Position ids follow `generate`'s own rule for left padding (mask cumsum - 1)."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = self.bundle.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                                  position_ids=positions[:, :-1], use_cache=True).cache
+        from duotune.models.logprobs import cache_kwarg, output_cache
+
+        model = self.bundle.model
+        cache = output_cache(model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                   position_ids=positions[:, :-1], use_cache=True))
         cache.batch_repeat_interleave(repeat)
         return {"input_ids": ids.repeat_interleave(repeat, dim=0),
-                "attention_mask": mask.repeat_interleave(repeat, dim=0), "cache": cache}
+                "attention_mask": mask.repeat_interleave(repeat, dim=0), cache_kwarg(model): cache}
 
     def _completion(self, ids: list[int], eos: list[int]) -> Completion:
         stop = next((k for k, t in enumerate(ids) if t in eos), None)

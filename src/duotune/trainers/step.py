@@ -101,7 +101,9 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     n_tokens = float(batch.attention_mask.sum())
     record.update({"time/rollout": t_roll, "time/train": t_train,
                    "perf/tokens_per_s": n_tokens * cfg.num_iterations / max(t_train, 1e-9),
-                   "train/lr": st.scheduler.get_last_lr()[0], "kl/beta": float(st.kl.value)})
+                   "train/lr": st.scheduler.get_last_lr()[0]})
+    if st.reference is not None:  # the KL term is on (an SFT stage has none)
+        record["kl/beta"] = float(st.kl.value)
     record.update(_length_metrics(batch))
     return record
 
