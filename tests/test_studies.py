@@ -10,7 +10,7 @@ import torch
 from duotune.models import load_model
 from duotune.studies import get_scale, othink, vlaa
 from duotune.studies.common import pct
-from duotune.studies.warmup import ensure_warmup, suppression_check
+from duotune.studies.warmup import ensure_warmup, image_feature_stats, suppression_check
 from duotune.tasks import make_examples
 
 
@@ -103,6 +103,22 @@ def test_image_placeholders_are_suppressed_when_sampling():
     assert out["suppressed"]["placeholders_emitted"] == 0 and out["suppressed"]["training_forward"] == "ok"
     assert out["unsuppressed"]["placeholders_emitted"] == 16  # 2 prompts x 2 samples x 4 tokens
     assert "do not match" in out["unsuppressed"]["training_forward"]
+
+
+def test_image_feature_stats_detect_collapsed_features():
+    bundle = load_model("tiny-llava")
+    examples = make_examples("counting", 2, 0, size=96)
+    fresh = image_feature_stats(bundle, examples)
+    assert fresh["images"] == 2 and fresh["patch_spread"] > 0.01  # random features differ by patch
+    proj = bundle.model.model.multi_modal_projector
+    with torch.no_grad():  # every patch projected to the same vector c = (3, 4, 0, ...): ||c|| = 5
+        proj.linear_2.weight.zero_()
+        proj.linear_2.bias.zero_()
+        proj.linear_2.bias[:2] = torch.tensor([3.0, 4.0])
+    collapsed = image_feature_stats(bundle, examples)
+    assert collapsed["feature_norm"] == pytest.approx(5.0) and collapsed["patch_spread"] == pytest.approx(0.0)
+    emb = bundle.model.get_input_embeddings().weight
+    assert collapsed["text_embedding_norm"] == pytest.approx(float(emb.norm(dim=-1).mean()), rel=1e-6)
 
 
 def test_unknown_names_raise_config_errors(tmp_path):

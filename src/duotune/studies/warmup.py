@@ -73,6 +73,31 @@ def suppression_check(bundle: Any, examples: list[Any], max_new_tokens: int, see
     return out
 
 
+def image_feature_stats(bundle: Any, examples: list[Any]) -> dict[str, float]:
+    """How readable the image tokens are to the LM, from the projected features of `examples`' images:
+    their mean norm next to the text embeddings' (`feature_norm`, `text_embedding_norm`), and
+    `patch_spread`, the mean over images of ||f_p - mean_p f|| / ||f_p|| over patches p. A spread near 0
+    means every patch of an image reaches the LM as (almost) the same vector, so it cannot count: the
+    collapse a from-scratch tower showed at a 1e-3 learning rate (README, vision studies)."""
+    import torch
+
+    from duotune.rollout.prompts import PromptEncoder
+
+    model = bundle.model.get_base_model() if hasattr(bundle.model, "get_base_model") else bundle.model
+    enc = PromptEncoder(bundle)
+    norms, spreads = [], []
+    with torch.no_grad():
+        for ex in examples:
+            pixels = enc.pixel_inputs(enc.encode(ex).images)["pixel_values"]
+            for f in model.get_image_features(pixel_values=pixels).pooler_output:
+                f = f.float().reshape(-1, f.shape[-1])
+                norms.append(float(f.norm(dim=-1).mean()))
+                spreads.append(float(((f - f.mean(0)).norm(dim=-1) / f.norm(dim=-1).clamp_min(1e-12)).mean()))
+        text = model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+    return {"feature_norm": sum(norms) / len(norms), "text_embedding_norm": float(text),
+            "patch_spread": sum(spreads) / len(spreads), "images": float(len(norms))}
+
+
 def run(scale_name: str, out: Path, evaluate: bool = True) -> dict[str, Any]:
     """Warm up (or reuse) the checkpoint, check placeholder suppression on it and (with `evaluate`)
     score it on held-out counting and geometry (the OThink study's base row does the same)."""
@@ -88,6 +113,7 @@ def run(scale_name: str, out: Path, evaluate: bool = True) -> dict[str, Any]:
         if evaluate:
             report[task] = evaluate_examples(bundle, test, "accuracy_format", scale.eval_max_new_tokens,
                                              alpha=0.0)
+    report["image_features"] = image_feature_stats(bundle, test[:16])
     report["suppression"] = suppression_check(bundle, test[:2], max_new_tokens=16)
     (out / "warmup" / "warmup_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
