@@ -50,7 +50,7 @@ SCALES = {
     # This 2-core shared CPU: a warm-up SFT step of 8 prompts (LoRA on the LM, tower + projector in
     # full) takes ~10-20 s on smollm2-vision, a GRPO step with G = 4 a minute or more, so the RL arms
     # get a handful of steps (see the study reports). 48 held-out items per task, 160 new tokens.
-    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 60, 400, 48, 6, 4, 4, 128, 160, 3e-4, 1e-4, 5e-5),
+    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 120, 400, 48, 6, 4, 4, 128, 160, 3e-4, 1e-4, 5e-5),
 }
 
 
