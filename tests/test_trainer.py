@@ -158,14 +158,21 @@ def test_shared_prompt_forward_equals_full_rows(tmp_path, data_file):
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
     inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards,
                      advantages=rewards - 0.5, old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
+    from duotune.trainers.compute import micro_batches
+
+    def shared_groups(budget):  # micro-batches holding two or more rows of one prompt
+        return [g for g in micro_batches(batch, budget) if len(g) > len(set(batch.prompt_index[g].tolist()))]
+
+    # a budget that splits the batch AND leaves prompt-sharing rows together inside a micro-batch
+    split = next(b for b in range(40, 4000, 10) if len(micro_batches(batch, b)) > 1 and shared_groups(b))
     out = {}
-    for share, budget in ((False, 10**9), (True, 10**9), (True, 40)):
+    for share, budget in ((False, 10**9), (True, 10**9), (True, 40), (True, split)):
         bundle.model.zero_grad()
         loss, _, lp, h = backward_full_batch(bundle.model, enc, batch, lambda lp, h: METHODS.get("srft").loss(inp, lp, h),
                                              budget, with_entropy=True, share_prompts=share)
         out[share, budget] = (float(loss), lp, h, torch.cat([p.grad.reshape(-1) for p in bundle.model.parameters()]))
     ref = out[False, 10**9]
-    for key in ((True, 10**9), (True, 40)):
+    for key in ((True, 10**9), (True, 40), (True, split)):
         loss, lp, h, g = out[key]
         assert loss == pytest.approx(ref[0], rel=1e-5, abs=1e-6)
         assert torch.allclose(lp, ref[1], atol=1e-5) and torch.allclose(h, ref[2], atol=1e-5)
