@@ -104,6 +104,9 @@ def test_report_only_trains_nothing_and_shows_seeds(compared, monkeypatch, tmp_p
     monkeypatch.setattr(duotune.trainers, "train", lambda c: 1 / 0)
     res = run_compare(cfg.model_copy(update={"seeds": [0, 1]}), report_only=True)
     assert res["methods"]["sft"]["seeds"] == [0]  # seed 1 was never run and nothing was trained
+    import yaml
+
+    assert yaml.safe_load((root / "compare.yaml").read_text())["seeds"] == [0, 1]  # the report's config
     assert "| sft | " in (md := (root / "report.md").read_text()) and " | seeds | train s | status |" in md
     assert [ln for ln in md.splitlines() if ln.startswith("| srft |")][0].split(" | ")[-3] == "0"
     with pytest.raises(ConfigError, match="no results"):

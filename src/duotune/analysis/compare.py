@@ -187,6 +187,7 @@ def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]
     if report_only:
         if not any((root / "results").glob("*.json")):
             raise ConfigError(f"--report-only: no results in {root / 'results'}; run the comparison first")
+        save_config(cfg, root / "compare.yaml")  # the folder's config describes the report it holds
         return write_report(root, cfg)
     root.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, root)
