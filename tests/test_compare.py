@@ -165,3 +165,16 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="no recipe"):
         run_compare(cfg)
     assert not (tmp_path / "tiny" / "results").exists()  # nothing trained for a refused comparison
+
+
+def test_accuracy_vs_wall_averages_seeds_per_step():
+    from duotune.analysis.plots import accuracy_series
+
+    def run(seed, walls, accs):
+        return {"method": "srft", "seed": seed, "curve": [{"step": s, "wall_s": w, "evals": {"a": {"accuracy": a}}}
+                                                          for s, w, a in zip((0, 5, 10), walls, accs)]}
+    done = [run(0, (0, 225, 413), (0.44, 0.48, 0.735)), run(1, (0, 190, 423), (0.44, 0.665, 0.685))]
+    xs, ys = accuracy_series(done, "a", "wall_s")["srft"]
+    assert xs == pytest.approx([0, 207.5, 418]) and ys == pytest.approx([0.44, 0.5725, 0.71])
+    assert accuracy_series(done, "a", "step")["srft"][0] == [0, 5, 10]
+

@@ -70,17 +70,25 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
     return save_figure(fig, out)
 
 
+def accuracy_series(done: list[dict[str, Any]], name: str, axis: str) -> dict[str, tuple[list[float], list[float]]]:
+    """{method: (x, accuracy)} on eval set `name`, x = `axis` ("step" or "wall_s"). Seeds share their
+    step grid but not their wall times, so x and accuracy are both averaged per evaluated step."""
+    by_step: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in done:
+        for p in r["curve"]:
+            if name in p["evals"]:
+                by_step[r["method"]][p["step"]].append((p[axis], p["evals"][name]["accuracy"]))
+    return {m: ([sum(x for x, _ in v) / len(v) for _, v in sorted(pts.items())],
+                [sum(y for _, y in v) / len(v) for _, v in sorted(pts.items())]) for m, pts in by_step.items()}
+
+
 def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -> list[Path]:
     """Per eval set: accuracy vs global step and vs cumulative training seconds."""
     paths = []
     for name in sets:
         for axis, xlabel in (("step", "global step (SFT steps of pipelines included)"),
                              ("wall_s", "training wall time (s)")):
-            runs: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
-            for r in done:
-                runs[r["method"]].append([(p[axis], p["evals"][name]["accuracy"]) for p in r["curve"]
-                                          if name in p["evals"]])
-            p = line_plot({m: mean_series(v) for m, v in runs.items()}, f"{name}: accuracy",
+            p = line_plot(accuracy_series(done, name, axis), f"{name}: accuracy (mean over seeds per step)",
                           xlabel, "accuracy", out_dir / f"accuracy_{name}_vs_{'steps' if axis == 'step' else 'wall'}.png")
             paths += [p] if p else []
     return paths
