@@ -147,20 +147,16 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
             "stopped_by_wall_cap": stopped_early, "run_dir": str(run_dir)}
 
 
-def prune_finished(run_dir: Path) -> int:
+def prune_finished(run_dir: Path) -> None:
     """Delete what only a resume needs from a finished run (trainer_state.pt of its checkpoints,
-    stage-<k>-init model copies); the checkpoint models, metrics and curve stay. Returns bytes freed.
+    stage-<k>-init model copies); the checkpoint models, metrics and curve stay.
     Nine methods x two seeds of a 135M model otherwise keep ~35 GB of optimizer state."""
     import shutil
 
-    freed = 0
     for state in run_dir.glob("checkpoint-*/trainer_state.pt"):
-        freed += state.stat().st_size
         state.unlink()
     for init in run_dir.glob("stage-*-init"):
-        freed += sum(f.stat().st_size for f in init.rglob("*") if f.is_file())
         shutil.rmtree(init)
-    return freed
 
 
 def _bundle_at(run_dir: Path, step: int, load_model: Any) -> Any:

@@ -70,16 +70,22 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
     return save_figure(fig, out)
 
 
-def accuracy_series(done: list[dict[str, Any]], name: str, axis: str) -> dict[str, tuple[list[float], list[float]]]:
-    """{method: (x, accuracy)} on eval set `name`, x = `axis` ("step" or "wall_s"). Seeds share their
-    step grid but not their wall times, so x and accuracy are both averaged per evaluated step."""
+def mean_by_step(done: list[dict[str, Any]], name: str) -> dict[str, list[tuple[int, float, float]]]:
+    """{method: [(step, wall_s, accuracy)]} on eval set `name`. Seeds share their step grid but not their
+    wall times, so wall time and accuracy are both averaged over seeds per evaluated step."""
     by_step: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in done:
         for p in r["curve"]:
             if name in p["evals"]:
-                by_step[r["method"]][p["step"]].append((p[axis], p["evals"][name]["accuracy"]))
-    return {m: ([sum(x for x, _ in v) / len(v) for _, v in sorted(pts.items())],
-                [sum(y for _, y in v) / len(v) for _, v in sorted(pts.items())]) for m, pts in by_step.items()}
+                by_step[r["method"]][p["step"]].append((p["wall_s"], p["evals"][name]["accuracy"]))
+    return {m: [(s, sum(w for w, _ in v) / len(v), sum(a for _, a in v) / len(v)) for s, v in sorted(pts.items())]
+            for m, pts in by_step.items()}
+
+
+def accuracy_series(done: list[dict[str, Any]], name: str, axis: str) -> dict[str, tuple[list[float], list[float]]]:
+    """{method: (x, accuracy)} on eval set `name`, x = `axis` ("step" or "wall_s"), from `mean_by_step`."""
+    col = 0 if axis == "step" else 1
+    return {m: ([p[col] for p in pts], [p[2] for p in pts]) for m, pts in mean_by_step(done, name).items()}
 
 
 def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -> list[Path]:

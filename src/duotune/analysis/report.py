@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
-from duotune.analysis.plots import accuracy_plots, training_plots
+from duotune.analysis.plots import accuracy_plots, mean_by_step, training_plots
 from duotune.analysis.time_to_accuracy import CurvePoint, default_target, time_to_accuracy_table
 
 
@@ -53,15 +53,8 @@ def summarize(results: list[dict[str, Any]], cfg: CompareConfig) -> dict[str, di
 
 def mean_curves(results: list[dict[str, Any]], set_name: str) -> dict[str, list[CurvePoint]]:
     """Per method: accuracy and wall time averaged over seeds at each evaluated step."""
-    from collections import defaultdict
-
-    pts: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        if r["status"] == "done":
-            for p in r["curve"]:
-                pts[r["method"]][p["step"]].append((p["wall_s"], p["evals"][set_name]["accuracy"]))
-    return {m: [CurvePoint(s, statistics.fmean(w for w, _ in v), statistics.fmean(a for _, a in v))
-                for s, v in sorted(by_step.items())] for m, by_step in pts.items()}
+    done = [r for r in results if r["status"] == "done"]
+    return {m: [CurvePoint(*p) for p in pts] for m, pts in mean_by_step(done, set_name).items()}
 
 
 def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     """
     _check(input_ids, attention_mask, loss_mask, token_budget, temperature)
     n, length = input_ids.shape
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     extra = dict(extra_inputs or {})
     _add_mm_token_types(inner, input_ids, extra)
     extras = ExtraInputs(inner.config, input_ids, extra)
@@ -117,7 +117,7 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     forward instead of G. Text models only (a VLM merges image features inside its prompt forward).
     """
     device = input_ids.device
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     mask = response_mask.bool()
     n, t_len = mask.shape
     plen = attention_mask.long().sum(-1) - mask.long().sum(-1)  # prompt length of each row
@@ -169,7 +169,7 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     return place(lp0, lp_rest), (place(h0, h_rest) if with_entropy else None)
 
 
-def _unwrap(model: Any) -> Any:
+def unwrap_model(model: Any) -> Any:
     """The transformers model inside DDP and/or PEFT wrappers (for its config and LM head)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
@@ -208,7 +208,7 @@ def _check(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: tor
 def cache_kwarg(model: Any) -> str:
     """The name a model's forward (and `generate`) takes its KV cache by: `cache` in transformers 5,
     `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(_unwrap(model).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(unwrap_model(model).forward).parameters else "past_key_values"
 
 
 def output_cache(out: Any) -> Any:

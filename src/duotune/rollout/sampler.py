@@ -15,6 +15,7 @@ import torch
 
 from duotune.data import Example
 from duotune.errors import ConfigError
+from duotune.models.logprobs import cache_kwarg, output_cache
 from duotune.rollout.prompts import PromptEncoder
 
 
@@ -149,8 +150,6 @@ class HFSampler:
         Position ids follow `generate`'s own rule for left padding (mask cumsum - 1)."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        from duotune.models.logprobs import cache_kwarg, output_cache
-
         model = self.bundle.model
         cache = output_cache(model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
                                    position_ids=positions[:, :-1], use_cache=True))

@@ -81,9 +81,10 @@ def image_feature_stats(bundle: Any, examples: list[Any]) -> dict[str, float]:
     collapse a from-scratch tower showed at a 1e-3 learning rate (README, vision studies)."""
     import torch
 
+    from duotune.models.logprobs import unwrap_model
     from duotune.rollout.prompts import PromptEncoder
 
-    model = bundle.model.get_base_model() if hasattr(bundle.model, "get_base_model") else bundle.model
+    model = unwrap_model(bundle.model)
     enc = PromptEncoder(bundle)
     norms, spreads = [], []
     with torch.no_grad():
