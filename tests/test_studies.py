@@ -26,6 +26,10 @@ def warm(tmp_path_factory):
 
 def test_warmup_saves_a_reusable_checkpoint(warm):
     assert (warm / "config.json").is_file() and (warm / "warmup.json").is_file()
+    # stage 1 (tower pre-training) ran first and the SFT started from its checkpoint
+    tower = warm.parents[1] / "tower" / "final"
+    assert json.loads((tower / "tower.json").read_text())["steps"] == get_scale("tiny").tower_steps
+    assert f"model: {tower}" in (warm.parents[1] / "warmup" / "config.yaml").read_text()
     assert load_model(str(warm)).is_vlm
     # a second call reuses the checkpoint instead of training again
     assert ensure_warmup(get_scale("tiny"), warm.parents[1]) == warm

@@ -42,15 +42,20 @@ class Scale:
     warmup_lr: float
     sft_lr: float
     rl_lr: float
+    tower_images: int = 0   # stage 1 of the warm-up (studies.tower): generated scenes, steps of 64, lr
+    tower_steps: int = 0    # (0 steps: no tower pre-training, the SFT starts from the random tower)
+    tower_lr: float = 1e-3
 
 
 SCALES = {
     # Tests: a random tiny LLaVA, 1-2 steps, a handful of items; checks plumbing and table shapes.
-    "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3),
+    "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3, 16, 2),
     # This 2-core shared CPU: a warm-up SFT step of 8 prompts (LoRA on the LM, tower + projector in
     # full) takes ~10-20 s on smollm2-vision, a GRPO step with G = 4 a minute or more, so the RL arms
     # get a handful of steps (see the study reports). 48 held-out items per task, 160 new tokens.
-    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 120, 400, 48, 6, 4, 4, 128, 160, 3e-4, 1e-4, 5e-5),
+    # The tower is pre-trained first on 16,000 generated scenes (1,500 steps of 64, ~8 min on 2 threads).
+    "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 120, 400, 48, 6, 4, 4, 128, 160, 3e-4, 1e-4, 5e-5,
+                 16000, 1500),
 }
 
 

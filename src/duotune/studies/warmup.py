@@ -15,6 +15,7 @@ from typing import Any
 
 from duotune.studies.common import Scale, evaluate_examples, get_scale, load_split, run_recipe, \
     write_mixture, write_split
+from duotune.studies.tower import ensure_tower
 
 WARMUP_SEED = 100  # its own item streams: the studies' train splits use seed 0, tests seed 1
 
@@ -24,14 +25,20 @@ def final_path(root: Path) -> Path:
 
 
 def ensure_warmup(scale: Scale, root: Path) -> Path:
-    """The warmed-up checkpoint under `root`, trained (and saved) first when it does not exist yet."""
+    """The warmed-up checkpoint under `root`, trained (and saved) first when it does not exist yet:
+    stage 1 pre-trains the tower on scene counts (`<root>/tower/final`, when the scale asks for it),
+    stage 2 is the SFT of `configs/vision/warmup_counting.yaml` from there."""
     final = final_path(root)
     if (final / "config.json").is_file():
         return final
+    model = scale.model
+    if scale.tower_steps:  # stage 1: the tower learns to see the shapes (studies.tower)
+        model = str(ensure_tower(scale.model, root, images=scale.tower_images, steps=scale.tower_steps,
+                                 lr=scale.tower_lr, progress=False))
     data = write_mixture([("counting", scale.warmup_items * 4 // 5), ("geometry", scale.warmup_items // 5)],
                          "train", Path(root) / "data" / "warmup", scale.image_size, WARMUP_SEED)
     result, seconds = run_recipe("warmup_counting", [
-        f"model={scale.model}", f"steps={scale.warmup_steps}", f"data.train={data}",
+        f"model={model}", f"steps={scale.warmup_steps}", f"data.train={data}",
         f"optim.lr={scale.warmup_lr}", f"run.output_dir={root}", "run.name=warmup", "run.progress=false"])
     return save_final(result.checkpoint, final, seconds)
 
@@ -108,6 +115,10 @@ def run(scale_name: str, out: Path, evaluate: bool = True) -> dict[str, Any]:
     final = ensure_warmup(scale, out)
     bundle = load_model(str(final))
     report: dict[str, Any] = {"checkpoint": str(final)}
+    tower_json = out / "tower" / "final" / "tower.json"
+    if tower_json.is_file():
+        history = json.loads(tower_json.read_text())
+        report["tower"] = {k: history[k] for k in ("images", "steps", "lr", "before", "after", "seconds")}
     for task in ("counting", "geometry"):
         test = load_split(write_split(task, scale.test_items, "test", out / "data", scale.image_size),
                           "think_answer")
