@@ -13,7 +13,7 @@ held-out total-count accuracy of such a head reached 60 % after 600 steps of 64 
 
 `pretrain_tower(bundle, ...)` trains `bundle`'s tower in place and returns its history;
 `ensure_tower(...)` writes the whole VLM with the trained tower to `<root>/tower/final` (reused when
-present), where the warm-up SFT starts. Imports torch, tqdm, the tasks and duotune.models only.
+present), where the warm-up SFT starts. Imports torch, tqdm, duotune.tasks and duotune.models only.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from duotune.errors import ConfigError
+from duotune.models.logprobs import unwrap_model
 from duotune.tasks.shapes import COLOURS, SHAPES
 
 TOWER_SEED = 200
@@ -60,8 +61,6 @@ def tower_data(n: int, seed: int, size: int, image_processor: Any, split: str = 
 
 
 def _tower(model: Any) -> Any:
-    from duotune.models.logprobs import unwrap_model
-
     inner = unwrap_model(model)
     tower = getattr(getattr(inner, "model", inner), "vision_tower", None) or getattr(inner, "vision_tower", None)
     if tower is None:
@@ -95,7 +94,7 @@ def pretrain_tower(bundle: Any, *, images: int, steps: int, lr: float, batch_siz
         if value < 1:
             raise ConfigError(f"pretrain_tower: {name}={value} must be at least 1")
     tower = _tower(bundle.model)
-    layer = getattr(unwrap_config(bundle.model), "vision_feature_layer", -1)
+    layer = getattr(unwrap_model(bundle.model).config, "vision_feature_layer", -1)
     size = max(64, tower.config.image_size)  # the counting task draws 64 px and up; the processor resizes
     proc = bundle.processor.image_processor
     t0 = time.perf_counter()
@@ -125,12 +124,6 @@ def pretrain_tower(bundle: Any, *, images: int, steps: int, lr: float, batch_siz
     history["after"] = head_accuracy(tower, head, x_test, y_test, layer)
     history["seconds"] = round(time.perf_counter() - t0, 1)
     return history
-
-
-def unwrap_config(model: Any) -> Any:
-    from duotune.models.logprobs import unwrap_model
-
-    return unwrap_model(model).config
 
 
 def ensure_tower(model: str, root: Path, *, images: int, steps: int, lr: float, progress: bool = True) -> Path:
