@@ -56,6 +56,7 @@ def test_ensure_tower_saves_and_reuses(tmp_path):
     assert final == tmp_path / "tower" / "final" and load_model(str(final)).is_vlm
     history = json.loads((final / "tower.json").read_text())
     assert history["from"] == "tiny-llava" and len(history["loss"]) == 2
+    assert (tmp_path / "tower" / "loss.png").stat().st_size > 0
     stamp = (final / "tower.json").stat().st_mtime_ns
     assert ensure_tower("tiny-llava", tmp_path, images=8, steps=2, lr=1e-3) == final
     assert (final / "tower.json").stat().st_mtime_ns == stamp  # reused, not trained again

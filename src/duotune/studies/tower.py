@@ -13,7 +13,8 @@ held-out total-count accuracy of such a head reached 60 % after 600 steps of 64 
 
 `pretrain_tower(bundle, ...)` trains `bundle`'s tower in place and returns its history;
 `ensure_tower(...)` writes the whole VLM with the trained tower to `<root>/tower/final` (reused when
-present), where the warm-up SFT starts. Imports torch, tqdm, duotune.tasks and duotune.models only.
+present; `tower.json` inside holds the history) and the loss curve to `<root>/tower/loss.png`; the
+warm-up SFT starts there. Imports torch, tqdm, duotune.tasks, duotune.models and the plot helper.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from duotune.analysis.plots import line_plot
 from duotune.errors import ConfigError
 from duotune.models.logprobs import unwrap_model
 from duotune.tasks.shapes import COLOURS, SHAPES
@@ -142,4 +144,8 @@ def ensure_tower(model: str, root: Path, *, images: int, steps: int, lr: float, 
     (tmp / "tower.json").write_text(json.dumps({"from": model, **history}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    loss = history["loss"]
+    line_plot({f"mean over {len(HEADS)} count heads": (list(range(1, len(loss) + 1)), loss)},
+              f"tower pre-training; held-out total count {history['after']['total_accuracy']:.0%}",
+              "step", "cross-entropy", final.parent / "loss.png")
     return final
