@@ -138,6 +138,9 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if lines:
             ax.legend(handles=lines, fontsize=7)
+        else:  # e.g. reward and KL of an SFT run: say so rather than draw empty axes
+            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes,
+                    color="0.5")
     return save_figure(fig, out)
 
 
