@@ -103,7 +103,9 @@ def pretrain_tower(bundle: Any, *, images: int, steps: int, lr: float, batch_siz
     x_train, y_train = tower_data(images, seed, size, proc, "train")
     x_test, y_test = tower_data(test_images, seed, size, proc, "test")
     gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(tower.config.hidden_size, len(HEADS) * (MAX_COUNT + 1))
+    with torch.random.fork_rng(devices=[]):  # the head's init depends on `seed` only, not on the caller
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(tower.config.hidden_size, len(HEADS) * (MAX_COUNT + 1))
     tower.requires_grad_(True)
     tower.train()
     params = [*tower.parameters(), *head.parameters()]

@@ -1,5 +1,10 @@
-"""Warm-up SFT of a VLM on generated counting + geometry images (issue 7 item 2), saved as a reusable
+"""Warm-up of a VLM on generated counting + geometry images (issue 7 item 2), saved as a reusable
 checkpoint `<out>/warmup/final`, and the check that samplers suppress image placeholder tokens.
+
+Two stages: (1) the random vision tower is pre-trained on exact scene counts (`duotune.studies.tower`,
+`<out>/tower/final`); (2) SFT on <think>/<answer> demos with the projector in full and LoRA on the LM
+and tower. Each stage is reused when its folder exists. `<out>/warmup/warmup_report.json` holds the
+tower's held-out count accuracy, the held-out counting/geometry scores and the image-feature stats.
 
 `python -m duotune.studies.warmup --scale cpu --out runs/vision`. Imports the studies' common
 module, models and rollout; the training itself is `configs/vision/warmup_counting.yaml`.
