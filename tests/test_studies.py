@@ -134,3 +134,28 @@ def test_unknown_names_raise_config_errors(tmp_path):
         vlaa.run("tiny", tmp_path, arms=("rl",), warmup=tmp_path)
     with pytest.raises(ConfigError, match="unknown study scale 'gpu'; valid: tiny, cpu"):
         get_scale("gpu")
+
+
+def test_scale_overrides_from_the_command_line():
+    import argparse
+
+    from duotune.errors import ConfigError
+    from duotune.studies.common import add_scale_args, scale_from_args
+
+    p = argparse.ArgumentParser()
+    add_scale_args(p)
+    scale = scale_from_args(p.parse_args(["--scale", "cpu", "--rl-lr", "1e-6", "--steps", "9"]))
+    assert (scale.rl_lr, scale.steps, scale.sft_lr) == (1e-6, 9, get_scale("cpu").sft_lr)
+    assert scale_from_args(p.parse_args([])) == get_scale("cpu")  # no flags: the scale as defined
+    with pytest.raises(ConfigError, match="steps=0 must be positive"):
+        get_scale("cpu", steps=0)
+    with pytest.raises(ConfigError, match="unknown scale field 'lr'"):
+        get_scale("cpu", lr=1e-3)
+
+
+def test_othink_reuses_finished_runs_only_under_the_same_settings(warm, tmp_path):
+    from duotune.errors import ConfigError
+
+    othink.run("tiny", tmp_path, tasks=("counting",), methods=("sft",), warmup=warm)
+    with pytest.raises(ConfigError, match=r"base\.json was made with other settings \(sft_lr differ\)"):
+        othink.run(get_scale("tiny", sft_lr=5e-4), tmp_path, tasks=("counting",), methods=("sft",), warmup=warm)

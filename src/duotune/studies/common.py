@@ -6,6 +6,8 @@ Imports duotune's tasks, data, trainers, rollout, rewards and models; never the 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -63,10 +65,37 @@ SCALES = {
 }
 
 
-def get_scale(name: str) -> Scale:
-    if name not in SCALES:
+def get_scale(name: str | Scale, **overrides: Any) -> Scale:
+    """The named scale (or `name` itself when already a Scale) with the non-None `overrides` applied,
+    e.g. `get_scale("cpu", rl_lr=1e-6)`; unknown names and non-positive values raise ConfigError."""
+    if isinstance(name, Scale):
+        scale = name
+    elif name not in SCALES:
         raise ConfigError(f"unknown study scale {name!r}; valid: {', '.join(SCALES)}")
-    return SCALES[name]
+    else:
+        scale = SCALES[name]
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(Scale)} - {"name", "model"}
+    for key, value in changes.items():
+        if key not in fields:
+            raise ConfigError(f"unknown scale field {key!r}; valid: {', '.join(sorted(fields))}")
+        if not value > 0:
+            raise ConfigError(f"scale field {key}={value!r} must be positive")
+    return dataclasses.replace(scale, **changes)
+
+
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    """The study CLIs' --scale and the overrides of its most-tuned fields."""
+    p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps of every arm (default: the scale's)")
+    p.add_argument("--sft-lr", type=float, default=None, help="learning rate of SFT arms and stages "
+                   "(default: the scale's)")
+    p.add_argument("--rl-lr", type=float, default=None, help="learning rate of RL arms and stages "
+                   "(default: the scale's)")
+
+
+def scale_from_args(args: argparse.Namespace) -> Scale:
+    return get_scale(args.scale, steps=args.steps, sft_lr=args.sft_lr, rl_lr=args.rl_lr)
 
 
 def check_names(kind: str, given: tuple[str, ...], valid: Any) -> tuple[str, ...]:

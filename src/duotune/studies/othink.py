@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from duotune.errors import ConfigError
 from duotune.eval import build_matrix, matrix_markdown
-from duotune.studies.common import check_names, evaluate_examples, get_scale, load_split, markdown_table, pct, \
-    plot_curves, run_recipe, scale_overrides, write_report, write_split
+from duotune.studies.common import Scale, add_scale_args, check_names, evaluate_examples, get_scale, load_split, \
+    markdown_table, pct, plot_curves, run_recipe, scale_from_args, scale_overrides, write_report, write_split
 from duotune.studies.warmup import ensure_warmup
 
 TASKS = ("counting", "geometry")
@@ -32,9 +34,12 @@ def evaluate_all(bundle: Any, tests: dict[str, list[Any]], max_new_tokens: int) 
             for task, ex in tests.items()}
 
 
-def run(scale_name: str, out: Path, *, tasks: Names = TASKS, methods: Names = tuple(METHODS),
+def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Names = tuple(METHODS),
         warmup: Path | None = None) -> dict[str, Any]:
-    """Run every (train task, method), evaluate on every task; write tables and curves into `out`."""
+    """Run every (train task, method), evaluate on every task; write tables and curves into `out`.
+
+    Finished runs are reused from `<out>/results` when they were made with the same scale and warm-up;
+    a folder made with other settings is a ConfigError (use another `out`)."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
@@ -46,7 +51,7 @@ def run(scale_name: str, out: Path, *, tasks: Names = TASKS, methods: Names = tu
                            PROMPT_STYLE) for t in TASKS}
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    done = _Done(out / "results")
+    done = _Done(out / "results", {"scale": asdict(scale), "warmup": str(base)})
     if not done.load("base", results, timings):
         t0 = time.perf_counter()
         results["base"] = evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)
@@ -76,16 +81,26 @@ def run(scale_name: str, out: Path, *, tasks: Names = TASKS, methods: Names = tu
 
 class _Done:
     """Finished runs' results under `<out>/results/<name>.json`, so a re-run (e.g. adding a task)
-    reuses them instead of training again; delete the file to redo one run."""
+    reuses them instead of training again; delete the file to redo one run. Each file records the
+    settings (scale, warm-up) it was made with; reusing it under other settings raises ConfigError."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, settings: dict[str, Any]):
         self.folder = folder
+        self.settings = json.loads(json.dumps(settings))
 
     def load(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> bool:
         path = self.folder / f"{name}.json"
         if not path.is_file():
             return False
         rec = json.loads(path.read_text())
+        made = rec.get("settings", self.settings)  # files of older versions carry none
+        if made != self.settings:
+            diff = sorted(k for k in set(made.get("scale", {})) | set(self.settings["scale"])
+                          if made.get("scale", {}).get(k) != self.settings["scale"].get(k))
+            if made.get("warmup") != self.settings["warmup"]:
+                diff.append("warmup")
+            raise ConfigError(f"{path} was made with other settings ({', '.join(diff)} differ); "
+                              "give another --out, or delete the file to redo that run")
         results[name] = rec["results"]
         timings.update(rec["timings"])
         return True
@@ -93,7 +108,8 @@ class _Done:
     def save(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         mine = {k: v for k, v in timings.items() if k.endswith(f"/{name}")}
-        (self.folder / f"{name}.json").write_text(json.dumps({"results": results[name], "timings": mine}))
+        (self.folder / f"{name}.json").write_text(json.dumps({"results": results[name], "timings": mine,
+                                                              "settings": self.settings}))
 
 
 def table1(results: dict[str, Any], tasks: Names, methods: Names) -> Table:
@@ -135,13 +151,14 @@ def write_tables(out: Path, results: dict[str, Any], tasks: Names, methods: Name
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m duotune.studies.othink", description=__doc__)
-    p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
-    p.add_argument("--out", default="runs/othink", help="output folder (tables, curves, runs)")
+    add_scale_args(p)
+    p.add_argument("--out", default="runs/othink", help="output folder (tables, curves, runs); finished "
+                   "runs in it are reused when made with the same settings")
     p.add_argument("--tasks", default=",".join(TASKS), help="training tasks, comma-separated")
     p.add_argument("--methods", default=",".join(METHODS), help="methods: sft,grpo,grpo_d")
     p.add_argument("--warmup", default=None, help="warmed-up checkpoint (default: warm up into <out>/warmup)")
     args = p.parse_args(argv)
-    rec = run(args.scale, Path(args.out), tasks=tuple(args.tasks.split(",")),
+    rec = run(scale_from_args(args), Path(args.out), tasks=tuple(args.tasks.split(",")),
               methods=tuple(args.methods.split(",")), warmup=Path(args.warmup) if args.warmup else None)
     print((Path(args.out) / "othink.md").read_text())
     print(json.dumps(rec["timings"], indent=1))

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from duotune.studies.common import check_names, evaluate_examples, get_scale, load_split, markdown_table, pct, \
-    plot_curves, run_recipe, scale_overrides, write_mixture, write_report
+from duotune.studies.common import Scale, add_scale_args, check_names, evaluate_examples, get_scale, load_split, \
+    markdown_table, pct, plot_curves, run_recipe, scale_from_args, scale_overrides, write_mixture, write_report
 from duotune.studies.warmup import ensure_warmup
 
 # task -> the reward type its rows carry (set by the generators; listed for the report)
@@ -34,7 +34,7 @@ def arm_overrides(arm: str, scale: Any) -> list[str]:
             f"{{method: grpo, steps: {rl}, overrides: {{optim.lr: {scale.rl_lr}}}}}]"]
 
 
-def run(scale_name: str, out: Path, *, arms: tuple[str, ...] = tuple(ARMS),
+def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARMS),
         warmup: Path | None = None) -> dict[str, Any]:
     """Train every arm on the mixed split, evaluate each (and the base) per reward type, write tables."""
     from duotune.models import load_model
@@ -91,12 +91,12 @@ def write_tables(out: Path, results: dict[str, Any], arms: tuple[str, ...], type
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m duotune.studies.vlaa", description=__doc__)
-    p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
+    add_scale_args(p)
     p.add_argument("--out", default="runs/vlaa", help="output folder (tables, curves, runs)")
     p.add_argument("--arms", default=",".join(ARMS), help="arms: grpo,sft,sft_then_grpo")
     p.add_argument("--warmup", default=None, help="warmed-up checkpoint (default: warm up into <out>/warmup)")
     args = p.parse_args(argv)
-    rec = run(args.scale, Path(args.out), arms=tuple(args.arms.split(",")),
+    rec = run(scale_from_args(args), Path(args.out), arms=tuple(args.arms.split(",")),
               warmup=Path(args.warmup) if args.warmup else None)
     print((Path(args.out) / "vlaa.md").read_text())
     print(json.dumps(rec["timings"], indent=1))
