@@ -41,13 +41,20 @@ HEADS = (["total"] + [f"colour:{c}" for c in COLOURS] + [f"shape:{s}" for s in S
          + [f"{c} {s}" for c in COLOURS for s in SHAPES])
 
 
+def counted_by(head: str, item: dict[str, Any]) -> bool:
+    """Whether a scene item counts towards `head` ('total', 'colour:red', 'shape:circle', 'red circle')."""
+    if head == "total":
+        return True
+    kind, _, value = head.partition(":")
+    if value:
+        return item[kind] == value
+    colour, shape = head.split(" ")
+    return item["colour"] == colour and item["shape"] == shape
+
+
 def scene_counts(scene: list[dict[str, Any]]) -> list[int]:
     """The scene's count for every head in `HEADS` order (capped at MAX_COUNT)."""
-    def n(pred: Any) -> int:
-        return min(MAX_COUNT, sum(1 for s in scene if pred(s)))
-    return ([n(lambda s: True)] + [n(lambda s, c=c: s["colour"] == c) for c in COLOURS]
-            + [n(lambda s, k=k: s["shape"] == k) for k in SHAPES]
-            + [n(lambda s, c=c, k=k: s["colour"] == c and s["shape"] == k) for c in COLOURS for k in SHAPES])
+    return [min(MAX_COUNT, sum(counted_by(h, item) for item in scene)) for h in HEADS]
 
 
 def tower_data(n: int, seed: int, size: int, image_processor: Any, split: str = "train",
