@@ -51,7 +51,7 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                            PROMPT_STYLE) for t in TASKS}
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    done = _Done(out / "results", {"scale": asdict(scale), "warmup": str(base)})
+    done = _Done(out / "results", {**asdict(scale), "warmup": str(base)})
     if not done.load("base", results, timings):
         t0 = time.perf_counter()
         results["base"] = evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)
@@ -82,11 +82,12 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
 class _Done:
     """Finished runs' results under `<out>/results/<name>.json`, so a re-run (e.g. adding a task)
     reuses them instead of training again; delete the file to redo one run. Each file records the
-    settings (scale, warm-up) it was made with; reusing it under other settings raises ConfigError."""
+    settings (the scale's fields and the warm-up path, JSON values) it was made with; reusing it under
+    other settings raises ConfigError naming the fields that differ."""
 
     def __init__(self, folder: Path, settings: dict[str, Any]):
         self.folder = folder
-        self.settings = json.loads(json.dumps(settings))
+        self.settings = settings
 
     def load(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> bool:
         path = self.folder / f"{name}.json"
@@ -94,11 +95,8 @@ class _Done:
             return False
         rec = json.loads(path.read_text())
         made = rec.get("settings", self.settings)  # files of older versions carry none
-        if made != self.settings:
-            diff = sorted(k for k in set(made.get("scale", {})) | set(self.settings["scale"])
-                          if made.get("scale", {}).get(k) != self.settings["scale"].get(k))
-            if made.get("warmup") != self.settings["warmup"]:
-                diff.append("warmup")
+        diff = sorted(k for k in made.keys() | self.settings.keys() if made.get(k) != self.settings.get(k))
+        if diff:
             raise ConfigError(f"{path} was made with other settings ({', '.join(diff)} differ); "
                               "give another --out, or delete the file to redo that run")
         results[name] = rec["results"]

@@ -137,12 +137,17 @@ def pretrain_tower(bundle: Any, *, images: int, steps: int, lr: float, batch_siz
     return history
 
 
+def tower_path(root: Path) -> Path:
+    """Where `ensure_tower` keeps the model with the pre-trained tower (`tower.json` inside)."""
+    return Path(root) / "tower" / "final"
+
+
 def ensure_tower(model: str, root: Path, *, images: int, steps: int, lr: float, progress: bool = True) -> Path:
     """`<root>/tower/final`: `model` with its tower pre-trained (and `tower.json`, the history); made
     first when it does not exist yet. The folder is written beside and renamed, so it is whole or absent."""
     from duotune.models import load_model, save_model
 
-    final = Path(root) / "tower" / "final"
+    final = tower_path(root)
     if (final / "config.json").is_file():
         return final
     bundle = load_model(model)

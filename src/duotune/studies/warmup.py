@@ -20,7 +20,7 @@ from typing import Any
 
 from duotune.studies.common import Scale, evaluate_examples, get_scale, load_split, run_recipe, \
     write_mixture, write_split
-from duotune.studies.tower import ensure_tower
+from duotune.studies.tower import ensure_tower, tower_path
 
 WARMUP_SEED = 100  # its own item streams: the studies' train splits use seed 0, tests seed 1
 
@@ -120,7 +120,7 @@ def run(scale_name: str, out: Path, evaluate: bool = True) -> dict[str, Any]:
     final = ensure_warmup(scale, out)
     bundle = load_model(str(final))
     report: dict[str, Any] = {"checkpoint": str(final)}
-    tower_json = out / "tower" / "final" / "tower.json"
+    tower_json = tower_path(out) / "tower.json"
     if tower_json.is_file():
         history = json.loads(tower_json.read_text())
         report["tower"] = {k: history[k] for k in ("images", "steps", "lr", "before", "after", "seconds")}
