@@ -52,8 +52,8 @@ class Scale:
 SCALES = {
     # Tests: a random tiny LLaVA, 1-2 steps, a handful of items; checks plumbing and table shapes.
     "tiny": Scale("tiny", "tiny-llava", 96, 8, 1, 8, 2, 2, 2, 2, 8, 8, 1e-3, 1e-3, 1e-3, 16, 2),
-    # This 2-core shared CPU: a warm-up SFT step of 8 prompts (LoRA on the LM, tower + projector in
-    # full) takes ~10-20 s on smollm2-vision, a GRPO step with G = 4 a minute or more, so the RL arms
+    # This 2-core shared CPU: a warm-up SFT step of 8 prompts (projector in full, LoRA on the LM and
+    # tower) takes ~5.5 s on smollm2-vision (2 threads), a GRPO step with G = 4 about a minute, so the RL arms
     # get a handful of steps (see the study reports). 48 held-out items per task, 160 new tokens.
     # The tower is pre-trained first on 16,000 generated scenes (1,500 steps of 64, ~6 min on 2 threads).
     # Arms fine-tune every weight; SFT at 1e-5, RL at the papers' 1e-6. From the session-4 warm-up,
