@@ -1,11 +1,11 @@
 """Config plumbing and registry: unknown keys/names fail with one line naming them and the fix."""
 
 import pytest
+from pydantic import Field
 
 from duotune.config import Cfg, RegistryName, apply_overrides, describe_fields, load_config, save_config
 from duotune.errors import ConfigError, UnknownNameError
 from duotune.registry import Registry
-from pydantic import Field
 
 METHODS = Registry("test_method")
 METHODS.register("grpo", object(), help="group relative policy optimisation")

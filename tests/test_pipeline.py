@@ -9,8 +9,7 @@ from PIL import Image
 
 from duotune.config import load_config
 from duotune.errors import ConfigError, DataError
-from duotune.pipeline import (AHA_KEYWORDS, PipelineConfig, StageError, aha_keywords, run_pipeline,
-                              word_change)
+from duotune.pipeline import AHA_KEYWORDS, PipelineConfig, StageError, aha_keywords, run_pipeline, word_change
 from duotune.pipeline.stages import final_answer, parse_verdict
 from duotune.pipeline.store import Job, StageStore, run_jobs
 

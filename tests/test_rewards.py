@@ -10,8 +10,16 @@ import textwrap
 import pytest
 
 from duotune.errors import ConfigError, DataError, UnknownNameError
-from duotune.rewards import (REWARDS, describe_rewards, extract_answer, get_reward, normalize_mcq,
-                             relative_reward, think_answer_format, validate_reward_name)
+from duotune.rewards import (
+    REWARDS,
+    describe_rewards,
+    extract_answer,
+    get_reward,
+    normalize_mcq,
+    relative_reward,
+    think_answer_format,
+    validate_reward_name,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

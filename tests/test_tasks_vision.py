@@ -149,9 +149,9 @@ def test_geometry_answers_recomputed_from_given():
         for value in g.values():
             assert str(value) in row["question"]
         if kind in ("angle", "isosceles", "exterior"):
-            truth = {"angle": lambda: 180 - g["angle A"] - g["angle B"],
-                     "isosceles": lambda: (180 - g["angle C"]) / 2,
-                     "exterior": lambda: g["angle A"] + g["angle C"]}[kind]()
+            truth = {"angle": lambda g=g: 180 - g["angle A"] - g["angle B"],
+                     "isosceles": lambda g=g: (180 - g["angle C"]) / 2,
+                     "exterior": lambda g=g: g["angle A"] + g["angle C"]}[kind]()
             assert row["answer"] == str(int(truth))
             drawn_b = 180 - _angle(v["B"], v["C"], v["D"]) if kind == "exterior" else None
             for name, value in g.items():  # the drawing has the stated angles (0.1 px rounding)

@@ -103,14 +103,13 @@ def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
     inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards, advantages=adv,
                      old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
     loss_fn = lambda lp, h: METHODS.get("srft").loss(inp, lp, h)  # noqa: E731
-    grads = []
+    grads, losses = [], []
     for budget in (10**9, 1):
         bundle.model.zero_grad()
         loss, _, _, _ = backward_full_batch(bundle.model, enc, batch, loss_fn, budget, with_entropy=True)
         grads.append(torch.cat([p.grad.reshape(-1) for p in bundle.model.parameters()]))
-        if budget == 1:
-            assert loss == pytest.approx(float(first), rel=1e-5, abs=1e-6)
-        first = loss
+        losses.append(float(loss))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         lp, h = compute_logprobs(bundle.model, batch.input_ids, batch.attention_mask, batch.loss_mask,
@@ -121,7 +120,7 @@ def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
                                  advantages=adv, rewards=rewards, l_max=cfg.rollout.max_completion_length,
                                  gamma=a.demo_gamma, entropy_coef=a.entropy_coef,
                                  sft_weight_sign=a.srft_sft_weight_sign, entropy_granularity=a.srft_entropy_granularity)
-    assert float(first) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+    assert losses[0] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
 
 
 def test_entropy_outside_autograd_gives_the_same_gradients(tmp_path, data_file):

@@ -19,7 +19,7 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects of one kind; unknown names raise `UnknownNameError` with choices."""
 
-    _all: dict[str, "Registry[Any]"] = {}
+    _all: dict[str, Registry[Any]] = {}
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -72,7 +72,7 @@ class Registry(Generic[T]):
         return len(self._items)
 
     @classmethod
-    def all(cls) -> dict[str, "Registry[Any]"]:
+    def all(cls) -> dict[str, Registry[Any]]:
         """Every registry created so far, by kind (for `duotune list`)."""
         return dict(cls._all)
 

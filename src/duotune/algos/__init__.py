@@ -6,13 +6,20 @@ config objects: explicit tensors and scalars in, (value, metrics) out. Imports t
 and duotune.registry only.
 """
 
-from duotune.algos.advantages import (ADVANTAGES, advantage, frac_zero_std, group_advantages,
-                                      grouped_advantages)
+from duotune.algos.advantages import ADVANTAGES, advantage, frac_zero_std, group_advantages, grouped_advantages
 from duotune.algos.aggregation import AGGREGATIONS, aggregate
 from duotune.algos.demo import DEMO_WEIGHTS, demo_objective, demo_weight, luffy_shaping
 from duotune.algos.entropy import entropy_from_logits
-from duotune.algos.kl import (KL_CONTROLLERS, KL_ESTIMATORS, AdaptiveKL, FixedKL, GrpoDKL,
-                              build_kl_controller, grpo_d_beta, kl_estimate)
+from duotune.algos.kl import (
+                                      KL_CONTROLLERS,
+                                      KL_ESTIMATORS,
+                                      AdaptiveKL,
+                                      FixedKL,
+                                      GrpoDKL,
+                                      build_kl_controller,
+                                      grpo_d_beta,
+                                      kl_estimate,
+)
 from duotune.algos.losses import POLICY_LOSSES, mixed_policy_loss, policy_loss, ppo_clip_loss, sft_nll
 from duotune.algos.schedules import MIX_SCHEDULES, mix_schedule
 from duotune.algos.srft import srft_loss

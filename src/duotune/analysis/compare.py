@@ -191,7 +191,7 @@ def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]
     save_config(cfg, root / "compare.yaml")
     for seed in cfg.seeds:
         base = run_base(ctx, seed)
-        for k, method in enumerate(m for m in cfg.methods if m != BASE):
+        for method in (m for m in cfg.methods if m != BASE):
             path = result_path(root, method, seed)
             if path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE:
                 continue

@@ -34,7 +34,7 @@ class TrainDataCfg(Cfg):
     limit: int | None = Field(None, ge=1, description="use only the first N rows of `file`")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TrainDataCfg":
+    def _one_source(self) -> TrainDataCfg:
         if (self.generate is None) == (self.file is None):
             raise ValueError("give exactly one of data.generate (a task) or data.file (a data file)")
         return self
@@ -54,7 +54,7 @@ class EvalSetCfg(Cfg):
     fewshot_k: int = Field(2, ge=0, description="number of worked examples for fewshot_task")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "EvalSetCfg":
+    def _one_source(self) -> EvalSetCfg:
         given = [k for k in ("generate", "benchmark", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"eval set {self.name!r}: give exactly one of generate, benchmark, file "
@@ -99,7 +99,7 @@ class MapCfg(Cfg):
     max_new_tokens: int = Field(128, ge=1, description="decode length of model references")
 
     @model_validator(mode="after")
-    def _sources(self) -> "MapCfg":
+    def _sources(self) -> MapCfg:
         bad = [r for r in self.references if r != "demos" and not r.startswith("model:")]
         if bad:
             raise ValueError(f"map.references {bad}: each must be `demos` or `model:<name or path>`")
@@ -139,7 +139,7 @@ class CompareConfig(Cfg):
                                        "(a finished run is never resumed; its checkpoint models stay)")
 
     @model_validator(mode="after")
-    def _check(self) -> "CompareConfig":
+    def _check(self) -> CompareConfig:
         dup = sorted({m for m in self.methods if self.methods.count(m) > 1})
         if dup:
             raise ValueError(f"methods lists {dup} more than once")

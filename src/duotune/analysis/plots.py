@@ -113,8 +113,8 @@ def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                        if isinstance(rec.get(key), (int, float)) and (key != "kl/beta" or "kl/mean" in rec)]
                 if pts:
                     runs[r["method"]].append(pts)
-            label = (lambda m: f"{m} {key}") if len(keys) > 1 else (lambda m: m)
-            series.update({label(m): mean_series(v) for m, v in runs.items()})
+            suffix = f" {key}" if len(keys) > 1 else ""
+            series.update({f"{m}{suffix}": mean_series(v) for m, v in runs.items()})
         p = line_plot(series, title, "global step", title.split(",")[0], out_dir / f"{stem}.png")
         paths += [p] if p else []
     runs = defaultdict(list)

@@ -122,7 +122,10 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
             reached = f"{r['step']} | {r['wall_s']:.0f}" if r else "not reached | -"
             lines.append(f"| {m} | {reached} |")
         ra = tta["ratio"]
-        fmt = (lambda v: "n/a" if v is None else f"{v:.2f}")
+
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
         lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
                       f"steps {fmt(ra['steps'])} (SRFT paper: 2.28)."]
     failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}

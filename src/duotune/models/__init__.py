@@ -4,9 +4,9 @@
 `MODELS` (kind "model") lists the aliases. Never imports trainers, rollout or rewards.
 """
 
+from duotune.models import embedded, tiny, vision  # noqa: F401  (registers the aliases)
 from duotune.models.bundle import MODELS, ModelBundle, freeze_vision_tower, save_model
 from duotune.models.loading import load_model
 from duotune.models.logprobs import compute_logprobs
-from duotune.models import embedded, tiny, vision  # noqa: F401  (registers the aliases)
 
 __all__ = ["MODELS", "ModelBundle", "compute_logprobs", "freeze_vision_tower", "load_model", "save_model"]

@@ -17,7 +17,7 @@ from duotune.errors import ConfigError
 from duotune.registry import Registry
 
 # alias -> builder(dtype) -> ModelBundle on CPU; `load_model` then moves it and freezes what is asked.
-MODELS: Registry[Callable[[torch.dtype], "ModelBundle"]] = Registry("model")
+MODELS: Registry[Callable[[torch.dtype], ModelBundle]] = Registry("model")
 
 # Config attributes naming tokens that stand in for images/videos or delimit them. The model must
 # never emit them: an image placeholder in a completion makes the next forward fail with

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                          AutoTokenizer)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from duotune.errors import DuotuneError, UnknownNameError
 from duotune.models.bundle import MODELS, ModelBundle, resolve_device, resolve_dtype

@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, LlavaConfig,
-                          LlavaForConditionalGeneration)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 from duotune.models.bundle import MODELS, ModelBundle
 from duotune.models.embedded import build_cached, cached_path, is_complete, smollm2_folder

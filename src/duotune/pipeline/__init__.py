@@ -4,8 +4,7 @@ Pluggable chat clients (OpenAI-compatible HTTP, local transformers); resumable c
 per stage; the SFT/RL pools split on the aha keywords. Never imports trainers, algos or rewards.
 """
 
-from duotune.pipeline.clients import (ChatClient, ClientRequestError, HTTPChatClient, LocalChatClient,
-                                      build_client)
+from duotune.pipeline.clients import ChatClient, ClientRequestError, HTTPChatClient, LocalChatClient, build_client
 from duotune.pipeline.config import ClientConfig, PipelineConfig
 from duotune.pipeline.run import add_pipeline_arguments, run_pipeline, run_pipeline_command
 from duotune.pipeline.stages import AHA_KEYWORDS, aha_keywords, word_change

@@ -6,8 +6,7 @@ processes, so importing this package pulls in neither math-verify nor torch.
 """
 
 from duotune.rewards.base import PooledReward, Reward, RewardError
-from duotune.rewards.build import (REWARDS, describe_rewards, from_verl_compute_score, get_reward,
-                                   validate_reward_name)
+from duotune.rewards.build import REWARDS, describe_rewards, from_verl_compute_score, get_reward, validate_reward_name
 from duotune.rewards.extract import extract_answer, normalize_mcq
 from duotune.rewards.functions import box_iou, math_equal, think_answer_format
 from duotune.rewards.manager import RewardManager

@@ -14,8 +14,15 @@ from typing import Any
 
 from duotune.errors import ConfigError, UnknownNameError
 from duotune.registry import Registry, signature_params
-from duotune.rewards.functions import (AccuracyFormat, BoxedFormat, DigitReward, FormatThinkAnswer,
-                                       IouReward, MathReward, McqReward)
+from duotune.rewards.functions import (
+    AccuracyFormat,
+    BoxedFormat,
+    DigitReward,
+    FormatThinkAnswer,
+    IouReward,
+    MathReward,
+    McqReward,
+)
 from duotune.rewards.mixed import MixedReward
 from duotune.rewards.open_rm import OpenRM
 

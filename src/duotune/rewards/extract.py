@@ -92,7 +92,7 @@ def _answer_is(text: str) -> str | None:
 def last_number(text: str) -> str | None:
     """The last number in the text ('1,000', '-2.5', '3/4'), or None."""
     found = None
-    for found in _NUMBER.finditer(text):
+    for found in _NUMBER.finditer(text):  # noqa: B007 - keep the last match
         pass
     return found.group() if found else None
 
@@ -150,7 +150,7 @@ def normalize_mcq(text: str) -> str | None:
         if m:
             return m.group(1).upper()
     found = None
-    for found in _LETTER_AFTER_WORD.finditer(source):
+    for found in _LETTER_AFTER_WORD.finditer(source):  # noqa: B007 - keep the last match
         pass
     return found.group(1).upper() if found else None
 

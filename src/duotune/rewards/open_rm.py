@@ -17,7 +17,6 @@ from duotune.rewards.base import Reward
 from duotune.rewards.extract import extract_answer
 
 
-
 def relative_reward(s_pred: float, s_ref: float, beta_s: float = 0.2) -> float:
     """1 - exp(-beta_s (S(pred) - S(ref))) when the prediction outscores the reference, else 0."""
     return 1.0 - math.exp(-beta_s * (s_pred - s_ref)) if s_pred > s_ref else 0.0

@@ -105,7 +105,7 @@ class GradingPool:
         self.timeouts = 0        # items timed out over the pool's life
         self.replacements = 0    # workers killed and replaced
 
-    def __enter__(self) -> "GradingPool":
+    def __enter__(self) -> GradingPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

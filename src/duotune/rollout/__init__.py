@@ -4,7 +4,7 @@
 `build_groups` adds group ids, demo members and truncation flags; `collate` makes [N, L] tensors.
 """
 
-from duotune.rollout.groups import Rollout, build_groups, collate, CollatedBatch
+from duotune.rollout.groups import CollatedBatch, Rollout, build_groups, collate
 from duotune.rollout.prompts import EncodedPrompt, PromptEncoder
 from duotune.rollout.sampler import Completion, HFSampler, Sampler, SamplingParams
 

@@ -117,7 +117,7 @@ class CollatedBatch:
     def row_lengths(self) -> torch.Tensor:
         return self.attention_mask.sum(-1)
 
-    def select(self, rows: torch.Tensor) -> "CollatedBatch":
+    def select(self, rows: torch.Tensor) -> CollatedBatch:
         """The sub-batch of `rows` with full-sequence padding trimmed to its own longest row."""
         length = int(self.attention_mask[rows].sum(-1).max())
         return CollatedBatch(

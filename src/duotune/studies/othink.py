@@ -17,8 +17,22 @@ from typing import Any
 
 from duotune.errors import ConfigError
 from duotune.eval import build_matrix, matrix_markdown
-from duotune.studies.common import Scale, add_scale_args, check_names, evaluate_examples, get_scale, load_split, \
-    markdown_table, pct, plot_curves, run_recipe, scale_from_args, scale_overrides, write_report, write_split
+from duotune.studies.common import (
+    Scale,
+    add_scale_args,
+    check_names,
+    evaluate_examples,
+    get_scale,
+    load_split,
+    markdown_table,
+    pct,
+    plot_curves,
+    run_recipe,
+    scale_from_args,
+    scale_overrides,
+    write_report,
+    write_split,
+)
 from duotune.studies.warmup import ensure_warmup
 
 TASKS = ("counting", "geometry")

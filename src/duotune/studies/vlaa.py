@@ -14,8 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from duotune.studies.common import Scale, add_scale_args, check_names, evaluate_examples, get_scale, load_split, \
-    markdown_table, pct, plot_curves, run_recipe, scale_from_args, scale_overrides, write_mixture, write_report
+from duotune.studies.common import (
+    Scale,
+    add_scale_args,
+    check_names,
+    evaluate_examples,
+    get_scale,
+    load_split,
+    markdown_table,
+    pct,
+    plot_curves,
+    run_recipe,
+    scale_from_args,
+    scale_overrides,
+    write_mixture,
+    write_report,
+)
 from duotune.studies.warmup import ensure_warmup
 
 # task -> the reward type its rows carry (set by the generators; listed for the report)

@@ -18,8 +18,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from duotune.studies.common import Scale, evaluate_examples, get_scale, load_split, run_recipe, \
-    write_mixture, write_split
+from duotune.studies.common import (
+    Scale,
+    evaluate_examples,
+    get_scale,
+    load_split,
+    run_recipe,
+    write_mixture,
+    write_split,
+)
 from duotune.studies.tower import ensure_tower, tower_path
 
 WARMUP_SEED = 100  # its own item streams: the studies' train splits use seed 0, tests seed 1

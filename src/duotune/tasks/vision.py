@@ -13,8 +13,18 @@ from typing import Any
 
 from duotune.errors import ConfigError
 from duotune.tasks.base import Candidate, Param, TaskSpec, register_task
-from duotune.tasks.shapes import COLOURS, SHAPES, SIZES, counting_text, group_phrases, join_and, \
-    location, place, plural, render
+from duotune.tasks.shapes import (
+    COLOURS,
+    SHAPES,
+    SIZES,
+    counting_text,
+    group_phrases,
+    join_and,
+    location,
+    place,
+    plural,
+    render,
+)
 
 VARIANTS = ("total", "colour", "shape")
 LETTERS = "ABCD"

@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 import duotune.algos  # noqa: F401 - fills the advantage/policy_loss/aggregation/kl/demo registries
-from duotune.rewards import validate_reward_name  # importing fills the reward registry
 from duotune.config import Cfg, RegistryName
 from duotune.models.lora import DEFAULT_TARGETS
 from duotune.registry import Registry
+from duotune.rewards import validate_reward_name  # importing fills the reward registry
 from duotune.trainers.methods import METHODS
 
 _R = Registry.all()
@@ -46,7 +46,7 @@ class RewardCfg(Cfg):
     weights: list[float] | None = Field(None, description="one weight per reward (default all 1)")
 
     @model_validator(mode="after")
-    def _weights_match(self) -> "RewardCfg":
+    def _weights_match(self) -> RewardCfg:
         if self.weights is not None and len(self.weights) != len(self.names):
             raise ValueError(f"reward.weights has {len(self.weights)} entries for "
                              f"{len(self.names)} reward names; give one weight per name")
@@ -169,7 +169,7 @@ class TrainConfig(Cfg):
                                                    "previous stage's weights (overrides method/steps)")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.eval.every and not self.eval.benchmark:
             raise ValueError("eval.every is set but eval.benchmark is not; name a benchmark")
         return self

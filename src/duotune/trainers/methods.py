@@ -19,8 +19,8 @@ from duotune import algos
 from duotune.registry import Registry
 from duotune.rewards import RewardManager
 
-METHODS: Registry["Method"] = Registry("method")
-DEMO_ENTRIES: Registry["DemoEntry"] = Registry("demo_entry")
+METHODS: Registry[Method] = Registry("method")
+DEMO_ENTRIES: Registry[DemoEntry] = Registry("demo_entry")
 
 
 @dataclass(frozen=True)

@@ -86,12 +86,12 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
                 if cfg.num_iterations > 1 else None)
     t1 = time.perf_counter()
-    for it in range(cfg.num_iterations):
+    for _ in range(cfg.num_iterations):
         inputs = LossInputs(cfg=cfg, batch=batch, mask=mask, rewards=rewards.to(device),
                             advantages=adv.to(device), old_logp=old_logp, ref_logp=ref_logp,
                             beta=float(st.kl.value), progress=st.opt_steps / max(1, cfg.steps * cfg.num_iterations))
         st.optimizer.zero_grad(set_to_none=True)
-        loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h: method.loss(inputs, lp, h),
+        loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h, inputs=inputs: method.loss(inputs, lp, h),
                                                budget, with_entropy=True,
                                                entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef),
                                                share_prompts=share)
