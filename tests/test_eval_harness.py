@@ -27,7 +27,7 @@ class FakeSampler:
         self.reply = reply
         self.calls = []
 
-    def generate(self, examples, params):
+    def sample(self, examples, params):
         self.calls.append(([ex.id for ex in examples], params))
         out = []
         for ex in examples:

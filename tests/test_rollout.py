@@ -22,7 +22,7 @@ def _examples(k=3):
 def test_sampler_shapes_seed_and_finish_reasons(bundle):
     s = HFSampler(bundle, batch_size=4)
     p = SamplingParams(n=3, max_new_tokens=6, seed=7)
-    a, b = s.generate(_examples(), p), s.generate(_examples(), p)
+    a, b = s.sample(_examples(), p), s.sample(_examples(), p)
     assert [len(x) for x in a] == [3, 3, 3]
     assert [[c.token_ids for c in x] for x in a] == [[c.token_ids for c in x] for x in b]
     eos = PromptEncoder(bundle).eos_ids
@@ -37,15 +37,15 @@ def test_seeded_sampling_leaves_global_rng_alone(bundle):
     torch.manual_seed(3)
     expected = torch.rand(1)
     torch.manual_seed(3)
-    HFSampler(bundle).generate(_examples(1), SamplingParams(n=2, max_new_tokens=3, seed=1))
+    HFSampler(bundle).sample(_examples(1), SamplingParams(n=2, max_new_tokens=3, seed=1))
     assert torch.equal(torch.rand(1), expected)
 
 
 def test_greedy_is_independent_of_batching(bundle):
     """Left padding + sorted batches must not change greedy outputs."""
     p = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
-    one = HFSampler(bundle, batch_size=1).generate(_examples(), p)
-    many = HFSampler(bundle, batch_size=8).generate(_examples(), p)
+    one = HFSampler(bundle, batch_size=1).sample(_examples(), p)
+    many = HFSampler(bundle, batch_size=8).sample(_examples(), p)
     assert [[c.token_ids for c in x] for x in one] == [[c.token_ids for c in x] for x in many]
     assert all(x[0].token_ids == x[1].token_ids for x in one)
 
@@ -56,8 +56,8 @@ def test_shared_prefill_gives_the_same_samples(bundle):
     do seeded samples when both batch the same rows (one chunk: the same random draws)."""
     for temperature, batch in ((0.0, 4), (1.0, 9)):
         p = SamplingParams(n=3, temperature=temperature, max_new_tokens=8, seed=5)
-        per_row = HFSampler(bundle, batch_size=batch, share_prefill=False).generate(_examples(), p)
-        shared = HFSampler(bundle, batch_size=batch, share_prefill=True).generate(_examples(), p)
+        per_row = HFSampler(bundle, batch_size=batch, share_prefill=False).sample(_examples(), p)
+        shared = HFSampler(bundle, batch_size=batch, share_prefill=True).sample(_examples(), p)
         assert [[c.token_ids for c in x] for x in shared] == [[c.token_ids for c in x] for x in per_row]
 
 

@@ -29,7 +29,7 @@ def model_responses(bundle: Any, examples: list[Example], max_new_tokens: int) -
     """Greedy answers of `bundle` to `examples` (the fixed responses a reference model contributes)."""
     from duotune.rollout import HFSampler, SamplingParams
 
-    outs = HFSampler(bundle, batch_size=16).generate(
+    outs = HFSampler(bundle, batch_size=16).sample(
         examples, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=0))
     return [o[0].text for o in outs]
 

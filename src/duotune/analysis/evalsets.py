@@ -74,7 +74,7 @@ def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int) -
                             seed=seed)
     out: dict[str, dict[str, float]] = {}
     for s in sets:
-        completions = sampler.generate(s.examples, params)
+        completions = sampler.sample(s.examples, params)
         flat = [(ex, c) for ex, comps in zip(s.examples, completions) for c in comps]
         scores = []
         for kind in ("math", "mcq"):  # one batched call per grading kind
@@ -99,7 +99,7 @@ def kl_to_initial(bundle: Any, initial: Any, examples: list[Example], proto: Eva
     from duotune.rollout import HFSampler, SamplingParams
 
     probe = examples[:proto.kl_probe]
-    comps = HFSampler(bundle, batch_size=proto.batch_size).generate(
+    comps = HFSampler(bundle, batch_size=proto.batch_size).sample(
         probe, SamplingParams(n=1, temperature=1.0, max_new_tokens=proto.max_new_tokens, seed=seed))
     forced = with_responses(probe, [c[0].text for c in comps])
     now = teacher_force(bundle, forced, max_tokens=proto.max_new_tokens)

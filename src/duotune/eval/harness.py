@@ -168,7 +168,7 @@ def _sample_chunk(sampler: Sampler, chunk: _Todo, run: _Run,
         first_ex, first_missing = items[0]
         params = replace(run.params, n=count, seed=_chunk_seed(run.params.seed, run.name, first_ex.id,
                                                                 first_missing[0]))
-        outputs = sampler.generate([ex for ex, _ in items], params)
+        outputs = sampler.sample([ex for ex, _ in items], params)
         if len(outputs) != len(items) or any(len(o) != count for o in outputs):
             raise RuntimeError(f"sampler {type(sampler).__name__} returned {[len(o) for o in outputs]} "
                                f"completions for {len(items)} prompts x n={count}")

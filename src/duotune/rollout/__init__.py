@@ -1,6 +1,7 @@
 """Rollout: samplers (HF `generate`; the `Sampler` protocol a vLLM backend implements) and groups.
 
-`HFSampler(bundle).generate(examples, SamplingParams(n=...))` -> one list of `Completion`s per example;
+`HFSampler(bundle).generate(encoded_prompts, params)` (or `.sample(examples, params)`) -> one list of
+`Completion`s per prompt;
 `build_groups` adds group ids, demo members and truncation flags; `collate` makes [N, L] tensors.
 """
 

@@ -67,13 +67,13 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
     Demos are the assistant turn + EOS, truncated to max_completion_length.
     """
     examples = list(examples)
-    out = Rollout(examples, [encoder.encode(ex) for ex in examples], group_size)
+    out = Rollout(examples, [encoder.encode(ex) for ex in examples], group_size)  # the step's one encoding
     n_sampled = group_size - int(demo_in_group)
     samples: list[list[Any]] = [[] for _ in examples]
     if group_size > 0 and n_sampled > 0:
         if sampler is None or params is None:
             raise ValueError("build_groups needs a sampler and params when rollouts are requested")
-        samples = sampler.generate(examples, SamplingParams(
+        samples = sampler.generate(out.prompts, SamplingParams(
             n=n_sampled, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
             max_new_tokens=max_completion_length, seed=params.seed))
     for b, ex in enumerate(examples):

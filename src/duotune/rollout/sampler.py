@@ -1,7 +1,8 @@
-"""Samplers: turn `Example` prompts into n completions each (HF `generate`; the interface a vLLM backend implements).
+"""Samplers: turn encoded prompts into n completions each (HF `generate`; the interface a vLLM backend implements).
 
-Prompt rendering (chat template through the tokenizer or the VLM processor) lives in `rollout.prompts`
-so training collation and sampling see byte-identical prompts. Imports torch, transformers (via the
+Prompt rendering (chat template through the tokenizer or the VLM processor) lives in `rollout.prompts`;
+samplers take the `EncodedPrompt`s the trainer collates, so a prompt is encoded once per step and
+sampling and training see identical ids. Imports torch, transformers (via the
 bundle) and `duotune.data`; never imports trainers, algos or rewards.
 """
 
@@ -16,7 +17,7 @@ import torch
 from duotune.data import Example
 from duotune.errors import ConfigError
 from duotune.models.logprobs import cache_kwarg, output_cache
-from duotune.rollout.prompts import PromptEncoder
+from duotune.rollout.prompts import EncodedPrompt, PromptEncoder
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,38 @@ class SamplingParams:
 
 @dataclass
 class Completion:
-    """One sampled answer: decoded text, its token ids (EOS included when it stopped) and why it ended."""
+    """One sampled answer: decoded text, its token ids (EOS included when it stopped), why it ended,
+    and (engines that report them, e.g. vLLM) the log-probs of the sampled tokens under the engine."""
 
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
+    logprobs: list[float] | None = None
 
 
 class Sampler(Protocol):
-    """Anything that samples completions. A vLLM backend plugs in here: a class wrapping
-    `vllm.LLM.generate` with `SamplingParams(n=..., seed=...)` that returns the same `Completion`
-    lists (token ids without the prompt, finish_reason from vLLM's output) and reloads the
-    policy weights after each optimizer step. The trainer only calls `generate`."""
+    """Anything that samples completions: `generate` on encoded prompts (the trainer's path) and
+    `sample` on `Example`s (evaluation, analysis), which encodes them with the sampler's encoder."""
 
-    def generate(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
-        """One list of `params.n` completions per example, in the order of `examples`."""
+    def generate(self, prompts: Sequence[EncodedPrompt], params: SamplingParams) -> list[list[Completion]]:
+        """One list of `params.n` completions per prompt, in the order of `prompts`."""
+        ...
+
+    def sample(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
+        """`generate` on the examples' encoded prompts."""
         ...
 
 
-class HFSampler:
+class EncodingSampler:
+    """Mixin giving a sampler with an `encoder` the `sample(examples, params)` entry point."""
+
+    encoder: PromptEncoder
+
+    def sample(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
+        return self.generate([self.encoder.encode(ex) for ex in examples], params)  # type: ignore[attr-defined]
+
+
+class HFSampler(EncodingSampler):
     """Sampling with `model.generate`: KV cache, left padding, rows sorted by prompt length.
 
     batch_size counts sequences per `generate` call (prompts x samples); suppress_tokens are token
@@ -88,17 +102,16 @@ class HFSampler:
         self.encoder = PromptEncoder(bundle)
 
     @torch.no_grad()
-    def generate(self, examples: Sequence[Example], params: SamplingParams) -> list[list[Completion]]:
-        if not examples:
+    def generate(self, prompts: Sequence[EncodedPrompt], params: SamplingParams) -> list[list[Completion]]:
+        if not prompts:
             return []
-        prompts = [self.encoder.encode(ex) for ex in examples]
         shared = self.share_prefill and params.n > 1 and not self.bundle.is_vlm
         # One row per (example, sample); sorting by prompt length keeps left padding short. With a
         # shared prefill a chunk holds whole groups (each prompt's n rows), at least one.
-        rows = sorted(((i, j) for i in range(len(examples)) for j in range(params.n)),
+        rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)),
                       key=lambda r: (len(prompts[r[0]].input_ids), r[0], r[1]))
         step = max(1, self.batch_size // params.n) * params.n if shared else self.batch_size
-        out: list[list[Completion | None]] = [[None] * params.n for _ in examples]
+        out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         model = self.bundle.model
         was_training = model.training
         model.eval()

@@ -154,7 +154,7 @@ def evaluate_examples(bundle: Any, examples: list[Example], reward: str, max_new
     from duotune.rollout import HFSampler, SamplingParams
 
     sampler = HFSampler(bundle, batch_size=len(examples), suppress_tokens=bundle.vision_token_ids or None)
-    comps = [c[0] for c in sampler.generate(examples, SamplingParams(n=1, temperature=0.0,
+    comps = [c[0] for c in sampler.sample(examples, SamplingParams(n=1, temperature=0.0,
                                                                      max_new_tokens=max_new_tokens))]
     texts = [c.text for c in comps]
     cols = {k: [ex.columns().get(k) for ex in examples] for k in ("answer", "reward_type", "id")}

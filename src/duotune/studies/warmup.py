@@ -78,7 +78,7 @@ def suppression_check(bundle: Any, examples: list[Any], max_new_tokens: int, see
     out: dict[str, Any] = {"placeholder_ids": sorted(ids)}
     for label, suppress in (("suppressed", sorted(ids)), ("unsuppressed", None)):
         sampler = HFSampler(bundle, batch_size=16, suppress_tokens=suppress)
-        comps = [c for per in sampler.generate(examples, params) for c in per]
+        comps = [c for per in sampler.sample(examples, params) for c in per]
         out[label] = {"completions": len(comps),
                       "placeholders_emitted": sum(t in ids for c in comps for t in c.token_ids)}
         rollout = build_groups(sampler, sampler.encoder, examples, params, group_size=2,
