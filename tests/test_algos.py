@@ -28,12 +28,21 @@ def test_grpo_d_beta_endpoints_and_slopes():
     assert b(3 - 1e-9) == pytest.approx(0.04, abs=1e-9) and b(3 + 1e-9) == pytest.approx(0.04, abs=1e-9)
 
 
-@pytest.mark.parametrize("t,w", [(1, 1), (2, 1), (3, 1), (5, 2), (7, 2), (10, 3), (15, 4), (100, 30)])
+@pytest.mark.parametrize("t,w", [(2, 1), (3, 1), (5, 2), (7, 2), (10, 3), (15, 4), (100, 30)])
 def test_grpo_d_w_rounding(t, w):
-    # w = max(1, round(0.3 t)): 0.3 -> 0 -> 1, 0.9 -> 1, 1.5 -> 2, 2.1 -> 2, 4.5 -> 4 (half to even)
+    # w = max(1, round(0.3 t)): 0.6 -> 1, 0.9 -> 1, 1.5 -> 2, 2.1 -> 2, 4.5 -> 4 (half to even)
     betas = [algos.grpo_d_beta(s, t, 0.0, 0.02) for s in range(t + 1)]
     assert min(range(t + 1), key=betas.__getitem__) == w
-    assert betas[w] == 0.0
+    assert betas[w] == 0.0 and betas[0] == pytest.approx(0.01) and betas[t] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.9, 0.99])
+def test_grpo_d_reaches_beta_max_at_t(frac):
+    # w is kept below t, so beta(t) = beta_max however large explore_frac (0.99 * 10 rounds to 10)
+    # and t = 1 (no room for the fall) goes beta_mid -> beta_max; it returned beta_min before.
+    for t in (1, 2, 10):
+        assert algos.grpo_d_beta(0, t, 0.04, 0.10, frac) == pytest.approx(0.07)
+        assert algos.grpo_d_beta(t, t, 0.04, 0.10, frac) == pytest.approx(0.10)
 
 
 def test_grpo_d_rejects_out_of_range():
@@ -46,8 +55,10 @@ def test_grpo_d_rejects_out_of_range():
 def test_grpo_d_controller_follows_schedule_and_checkpoints():
     ctl = algos.build_kl_controller("grpo_d", beta_min=0.04, beta_max=0.10, total_steps=10,
                                     explore_frac=0.3, beta=0.5, target=1.0, horizon=3)
+    # 10 rollout steps on t = 9 (w = round(2.7) = 3): step 0 uses beta_mid, step 9 beta_max
     assert ctl.value == pytest.approx(0.07)                 # beta(0) = beta_mid
-    assert ctl.update(123.0, 3) == pytest.approx(0.04)      # observed KL is ignored
+    assert ctl.update(123.0, 3) == pytest.approx(0.04)      # observed KL is ignored; beta(w) = beta_min
+    assert ctl.beta_at(9) == pytest.approx(0.10)
     again = algos.build_kl_controller("grpo_d", beta_min=0.04, beta_max=0.10, total_steps=10)
     again.load_state_dict(ctl.state_dict())
     assert again.value == pytest.approx(0.04)
@@ -66,6 +77,20 @@ def test_fixed_and_adaptive_controllers():
     fresh = algos.AdaptiveKL(init=1.0, target=5e-4, horizon=100)
     fresh.load_state_dict(ctl.state_dict())
     assert fresh.value == pytest.approx(1.02e-3 * 1.01 * 0.98)
+
+
+def test_adaptive_matches_openrlhf_over_200_steps():
+    """OpenRLHF's AdaptiveKLController.update(current, n_steps), written out independently:
+    err = clip(current / target - 1, -0.2, 0.2); value *= 1 + err * n_steps / horizon, with
+    n_steps = sequences of the step (16 in configs/vision/vlaa_grpo.yaml: 4 prompts x G 4)."""
+    g = torch.Generator().manual_seed(0)
+    observed = (torch.rand(200, generator=g, dtype=torch.float64) * 2e-3).tolist()
+    ours, ref = algos.AdaptiveKL(init=1e-3, target=5e-4, horizon=10000), 1e-3
+    for step, kl in enumerate(observed, start=1):
+        ours.update(kl, step, n_samples=16)
+        ref *= 1 + min(max(kl / 5e-4 - 1, -0.2), 0.2) * 16 / 10000
+    assert ours.value == pytest.approx(ref, rel=1e-12)
+    assert abs(ref / 1e-3 - 1) > 0.01  # 16 samples per step move it by percents, not 0.2 %
 
 
 def test_build_kl_controller_errors():
@@ -139,6 +164,20 @@ def test_kl_estimator_values():
     assert algos.kl_estimate(lp, ref, "k1").item() == pytest.approx(0.6931472)
     assert algos.kl_estimate(lp, ref, "k2").item() == pytest.approx(0.2402265)
     assert algos.kl_estimate(lp, ref, "k3").item() == pytest.approx(0.1931472)
+
+
+def test_kl_clamp_bounds_the_estimate_and_its_gradient():
+    # d = ref - logp = 3: k3 = e^3 - 3 - 1 = 16.0855; clamp 10 -> 10 with no gradient (verl's low_var_kl)
+    lp = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    ref = torch.tensor([[3.0, -0.5]])
+    kl = algos.kl_estimate(lp, ref, "k3", clamp=10.0)
+    assert kl[0, 0].item() == 10.0 and kl[0, 1].item() == pytest.approx(math.exp(-0.5) + 0.5 - 1)
+    kl.sum().backward()
+    # d k3 / d logp = 1 - e^d: 0 where clamped, 1 - e^-0.5 = 0.393469 where not
+    assert lp.grad[0].tolist() == pytest.approx([0.0, 1 - math.exp(-0.5)])
+    assert algos.kl_estimate(lp, ref, "k3")[0, 0].item() == pytest.approx(math.exp(3) - 4)
+    with pytest.raises(ConfigError, match="kl clamp"):
+        algos.kl_estimate(lp, ref, "k3", clamp=0.0)
 
 
 def test_k3_nonnegative_and_zero_when_equal():

@@ -58,6 +58,20 @@ def test_ppo_clip_high_row_advantages_mask_and_dual_clip():
     with pytest.raises(ConfigError, match="dual_clip"):
         algos.ppo_clip_loss(lp4, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), dual_clip=0.5)
 
+
+def test_ppo_log_ratio_clamp():
+    # logp - old = 30 would give rho = e^30; clamp 20 (verl) gives rho = e^20, and the unclipped loss
+    # (eps inf) is -e^20 * A with A = 1; a log-ratio inside the bound is untouched
+    lp = torch.tensor([[30.0, 0.5]])
+    inf = float("inf")
+    loss, m = algos.ppo_clip_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
+                                  eps_low=inf, eps_high=inf, log_ratio_clamp=20.0)
+    assert loss[0, 0].item() == pytest.approx(-math.exp(20), rel=1e-6)
+    assert loss[0, 1].item() == pytest.approx(-math.exp(0.5), rel=1e-6)
+    assert m["approx_kl"] == pytest.approx(-(20 + 0.5) / 2)
+    with pytest.raises(ConfigError, match="log_ratio_clamp"):
+        algos.ppo_clip_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2), log_ratio_clamp=-1.0)
+
 # ---------------------------------------------------------------- LUFFY mixed policy (SPEC 5)
 
 

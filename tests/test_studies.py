@@ -74,10 +74,18 @@ def test_vlaa_tiny_three_arms_same_budget_and_per_type_curves(warm, tmp_path):
     assert set(rec["results"]["base"]["by_type"]) == set(vlaa.MIXTURE.values())
 
 
-def test_sft_then_grpo_splits_the_budget():
+def test_sft_then_grpo_splits_the_budget_and_keeps_the_grpo_stage_settings():
+    from duotune.config import load_config
+    from duotune.trainers import TrainConfig, stage_configs
+
     cpu = get_scale("cpu")
-    (stages,) = vlaa.arm_overrides("sft_then_grpo", cpu)
-    assert f"steps: {cpu.steps // 2}" in stages and f"steps: {cpu.steps - cpu.steps // 2}" in stages
+    cfg = load_config(TrainConfig, "configs/vision/vlaa_sft_then_grpo.yaml",
+                      vlaa.arm_overrides("sft_then_grpo", cpu) + ["data.train=x.jsonl"])
+    sft, grpo = stage_configs(cfg)
+    assert (sft.method, sft.steps, sft.optim.lr) == ("sft", cpu.steps // 2, cpu.sft_lr)
+    assert (grpo.method, grpo.steps, grpo.optim.lr) == ("grpo", cpu.steps - cpu.steps // 2, cpu.rl_lr)
+    # the recipe's adaptive KL of the GRPO stage survives the budget split (VLAA-Thinking, SPEC 3)
+    assert (grpo.algo.kl.controller, grpo.algo.kl.beta, grpo.algo.kl.target) == ("adaptive", 1e-3, 5e-4)
     assert vlaa.arm_overrides("grpo", cpu) == []
 
 

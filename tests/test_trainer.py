@@ -47,6 +47,12 @@ def _cfg(tmp_path, data_file, method, *extra):
         "run.plots=false", f"reward.names=[{reward}]", *extra])
 
 
+def _inputs(cfg, batch, rewards, adv):
+    return LossInputs(settings=cfg.algo, batch=batch, mask=batch.response_mask, rewards=rewards,
+                      correct=rewards > 0.5, advantages=adv, old_logp=None, ref_logp=None, beta=0.0,
+                      progress=0.0, l_max=cfg.rollout.max_completion_length)
+
+
 def _params(bundle):
     return torch.cat([p.detach().reshape(-1).clone() for p in bundle.model.parameters()])
 
@@ -77,8 +83,8 @@ def test_grpo_d_beta_follows_the_schedule(tmp_path, data_file):
     res = train(_cfg(tmp_path, data_file, "grpo_d", "steps=3", "algo.kl.beta_min=0.01",
                      "algo.kl.beta_max=0.05"))
     betas = [json.loads(x)["kl/beta"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    # record k logs beta after k optimizer steps of t = 3 (w = round(0.9) = 1)
-    assert betas == pytest.approx([algos.grpo_d_beta(s, 3, 0.01, 0.05) for s in (1, 2, 3)])
+    # 3 rollout steps on t = 2 (w = max(1, round(0.6)) = 1): beta_mid, beta_min, beta_max
+    assert betas == pytest.approx([0.03, 0.01, 0.05])
 
 
 def _srft_batch(bundle):
@@ -100,9 +106,8 @@ def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
     n = batch.num_rows
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])[:n]
     adv = rewards - rewards.view(-1, 4).mean(1).repeat_interleave(4)
-    inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards, advantages=adv,
-                     old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
-    loss_fn = lambda lp, h: METHODS.get("srft").loss(inp, lp, h)  # noqa: E731
+    inp = _inputs(cfg, batch, rewards, adv)
+    loss_fn = lambda lp, h: METHODS.get("srft").loss(inp, lp, h)[:2]  # noqa: E731
     grads, losses = [], []
     for budget in (10**9, 1):
         bundle.model.zero_grad()
@@ -118,8 +123,9 @@ def test_srft_loss_and_micro_batching_are_exact(tmp_path, data_file):
         a = cfg.algo
         ref, _ = algos.srft_loss(logp=lp, token_entropy=h, mask=batch.response_mask, is_demo=batch.demo_mask,
                                  advantages=adv, rewards=rewards, l_max=cfg.rollout.max_completion_length,
-                                 gamma=a.demo_gamma, entropy_coef=a.entropy_coef,
-                                 sft_weight_sign=a.srft_sft_weight_sign, entropy_granularity=a.srft_entropy_granularity)
+                                 sft_coef=a.sft_coef, rl_coef=a.rl_coef, gamma=a.gamma,
+                                 entropy_coef=a.entropy_coef, sft_weight_sign=a.sft_weight_sign,
+                                 entropy_granularity=a.entropy_granularity)
     assert losses[0] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
 
 
@@ -131,12 +137,11 @@ def test_entropy_outside_autograd_gives_the_same_gradients(tmp_path, data_file):
     bundle = load_model("tiny-llm")
     enc, batch = _srft_batch(bundle)
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])[:batch.num_rows]
-    inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards,
-                     advantages=rewards - 0.5, old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
+    inp = _inputs(cfg, batch, rewards, rewards - 0.5)
     grads, losses = [], []
     for budget, entropy_grad in ((10**9, True), (10**9, False), (1, False)):
         bundle.model.zero_grad()
-        loss, _, _, h = backward_full_batch(bundle.model, enc, batch, lambda lp, h: METHODS.get("srft").loss(inp, lp, h),
+        loss, _, _, h = backward_full_batch(bundle.model, enc, batch, lambda lp, h: METHODS.get("srft").loss(inp, lp, h)[:2],
                                             budget, with_entropy=True, entropy_grad=entropy_grad)
         assert h is not None and not h.requires_grad
         losses.append(float(loss))
@@ -155,8 +160,7 @@ def test_shared_prompt_forward_equals_full_rows(tmp_path, data_file):
     enc, batch = _srft_batch(bundle)
     assert batch.prompt_index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
-    inp = LossInputs(cfg=cfg, batch=batch, mask=batch.response_mask, rewards=rewards,
-                     advantages=rewards - 0.5, old_logp=None, ref_logp=None, beta=0.0, progress=0.0)
+    inp = _inputs(cfg, batch, rewards, rewards - 0.5)
     from duotune.trainers.compute import micro_batches
 
     def shared_groups(budget):  # micro-batches holding two or more rows of one prompt
@@ -167,7 +171,7 @@ def test_shared_prompt_forward_equals_full_rows(tmp_path, data_file):
     out = {}
     for share, budget in ((False, 10**9), (True, 10**9), (True, 40), (True, split)):
         bundle.model.zero_grad()
-        loss, _, lp, h = backward_full_batch(bundle.model, enc, batch, lambda lp, h: METHODS.get("srft").loss(inp, lp, h),
+        loss, _, lp, h = backward_full_batch(bundle.model, enc, batch, lambda lp, h: METHODS.get("srft").loss(inp, lp, h)[:2],
                                              budget, with_entropy=True, share_prompts=share)
         out[share, budget] = (float(loss), lp, h, torch.cat([p.grad.reshape(-1) for p in bundle.model.parameters()]))
     ref = out[False, 10**9]

@@ -11,7 +11,7 @@ import torch
 
 from duotune.errors import ConfigError, DuotuneError
 from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
-from duotune.trainers.step import StageState, _update
+from duotune.trainers.step import StageState, _optimizer_step
 
 SRFT_RECORD = {"step": 1, "reward/mean": 0.25, "reward/demo_mean": 1.0, "reward/math/mean": 0.25,
                "entropy/mean": 1.5, "entropy/on_policy": 1.7, "completion/len_mean": 40.0,
@@ -69,33 +69,31 @@ def _state(max_bad: int = 2) -> StageState:
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    kl = SimpleNamespace(value=0.0, updates=[])
-    kl.update = lambda observed, step: kl.updates.append(step)
     cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return StageState(cfg=cfg, bundle=SimpleNamespace(model=model), encoder=None, sampler=None,
-                      reference=None, optimizer=opt, scheduler=sched, kl=kl, examples=[],
-                      accelerator=SimpleNamespace(num_processes=1), logger=None)
+    return StageState(cfg=cfg, method=None, needs=None, bundle=SimpleNamespace(model=model), encoder=None,
+                      sampler=None, reference=None, optimizer=opt, scheduler=sched, kl=None, examples=[],
+                      accelerator=SimpleNamespace(num_processes=1), logger=None, total_updates=1)
 
 
 def test_non_finite_loss_or_gradient_skips_the_update_then_stops_the_run():
     st = _state(max_bad=3)
     w0 = st.bundle.model.weight.detach().clone()
     with pytest.warns(RuntimeWarning, match="non-finite loss"):
-        rec = _update(st, torch.tensor(float("nan")), {})
+        rec = _optimizer_step(st, torch.tensor(float("nan")))
     assert rec["train/skipped"] == 1.0 and st.bad_in_row == 1 and st.opt_steps == 0
     st.bundle.model.weight.grad = torch.full_like(w0, float("inf"))  # finite loss, overflowed gradient
     with pytest.warns(RuntimeWarning, match="non-finite gradient norm"):
-        _update(st, torch.tensor(1.0), {})
-    assert torch.equal(st.bundle.model.weight, w0) and st.bad_in_row == 2 and st.kl.updates == []
+        _optimizer_step(st, torch.tensor(1.0))
+    assert torch.equal(st.bundle.model.weight, w0) and st.bad_in_row == 2
     st.bundle.model.weight.grad = torch.ones_like(w0)
     st.bundle.model.bias.grad = torch.zeros(1)
-    rec = _update(st, torch.tensor(1.0), {})
+    rec = _optimizer_step(st, torch.tensor(1.0))
     # SGD lr 0.5 on a unit gradient: w -> w - 0.5; the good step resets the counter.
     assert torch.allclose(st.bundle.model.weight, w0 - 0.5) and rec["train/skipped"] == 0.0
-    assert st.bad_in_row == 0 and st.opt_steps == 1 and st.kl.updates == [1]
+    assert st.bad_in_row == 0 and st.opt_steps == 1
     st2 = _state(max_bad=2)
     with pytest.warns(RuntimeWarning):
-        _update(st2, torch.tensor(float("inf")), {})
+        _optimizer_step(st2, torch.tensor(float("inf")))
     with pytest.warns(RuntimeWarning), pytest.raises(DuotuneError, match="2 non-finite .* in a row"):
-        _update(st2, torch.tensor(float("nan")), {})
+        _optimizer_step(st2, torch.tensor(float("nan")))

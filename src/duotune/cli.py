@@ -18,14 +18,17 @@ REGISTRY_MODULES = ("duotune.algos", "duotune.rewards", "duotune.models", "duotu
                     "duotune.eval", "duotune.trainers", "duotune.tasks")
 
 
-def _train_help() -> str:
+def _train_help(method: str | None = None) -> str:
     from duotune.config import describe_fields
     from duotune.trainers import TrainConfig
+    from duotune.trainers.methods.base import describe_method
 
     rows = describe_fields(TrainConfig)
     width = max(len(k) for k, _, _ in rows)
     lines = [f"  {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows]
-    return "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(lines)
+    text = "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(lines)
+    tail = describe_method(method) if method else "run `duotune train --help METHOD` for a method's `algo` settings"
+    return f"{text}\n\n{tail}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,6 +50,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     kind = args.kind
     if kind and kind not in registries and kind.endswith("s") and kind[:-1] in registries:
         kind = kind[:-1]  # `duotune list rewards` means the `reward` registry
+    if args.name:
+        if kind != "method":
+            raise DuotuneError(f"`duotune list {kind} NAME` is not supported; NAME works with `list method`")
+        from duotune.trainers.methods.base import describe_method
+
+        print(describe_method(args.name))
+        return 0
     kinds = [kind] if kind else sorted(registries)
     for kind in kinds:
         if kind not in registries:
@@ -95,7 +105,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     pass
 
 
-def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
+def build_parser(with_train_fields: bool = False, method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duotune", formatter_class=_HelpFormatter,
         description="Post-train LLMs and VLMs for reasoning: SFT, GRPO, GRPO-D, LUFFY, SRFT and "
@@ -104,7 +114,7 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with a YAML recipe (see configs/)",
                        formatter_class=_HelpFormatter,
-                       epilog=_train_help() if with_train_fields else
+                       epilog=_train_help(method) if with_train_fields else
                        "run `duotune train --help` to see every config field")
     p.add_argument("config", help="YAML recipe, e.g. configs/srft.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-6")
@@ -117,6 +127,7 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered names (methods, losses, rewards, models, ...)",
                        formatter_class=_HelpFormatter)
     p.add_argument("kind", nargs="?", help="only this registry kind (e.g. reward, benchmark, method)")
+    p.add_argument("name", nargs="?", help="with `method`: that method's paper, needs and settings")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("data", help="generate synthetic task data", formatter_class=_HelpFormatter)
@@ -144,7 +155,13 @@ def _optional_arguments(p: argparse.ArgumentParser, module: str, add: str, run: 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wants_train_help = len(argv) >= 1 and argv[0] == "train" and any(a in ("-h", "--help") for a in argv)
-    parser = build_parser(with_train_fields=wants_train_help)
+    method = None
+    if wants_train_help:  # `duotune train --help METHOD` adds that method's settings
+        import duotune.trainers  # noqa: F401 - fills the method registry
+        from duotune.registry import Registry
+
+        method = next((a for a in argv[1:] if a in Registry.all()["method"].names()), None)
+    parser = build_parser(with_train_fields=wants_train_help, method=method)
     # key=value items may come after flags (`data make counting --n 3 variant=mix`): argparse
     # stops collecting a positional list at the first flag, so collect the stragglers here.
     args, extra = parser.parse_known_args(argv)

@@ -43,18 +43,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply dotted overrides to a nested dict in place (creating sub-dicts) and return it."""
+    """Apply dotted overrides to a nested dict in place (creating sub-dicts) and return it.
+
+    A number indexes a list: `stages.1.steps=20` sets the second stage's steps."""
     for item in overrides:
         keys, value = parse_override(item)
-        node = data
+        node: Any = data
         for k in keys[:-1]:
+            if isinstance(node, list):
+                node = node[_index(item, node, k)]
+                continue
             if node.get(k) is None:
                 node[k] = {}
-            if not isinstance(node[k], dict):
+            if not isinstance(node[k], (dict, list)):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
             node = node[k]
-        node[keys[-1]] = value
+        if isinstance(node, list):
+            node[_index(item, node, keys[-1])] = value
+        else:
+            node[keys[-1]] = value
     return data
+
+
+def _index(item: str, node: list[Any], key: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override {item!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -106,6 +120,8 @@ def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
     ctx_err = (first.get("ctx") or {}).get("error")
     if isinstance(ctx_err, UnknownNameError):
         return f"{key}: {ctx_err}"
+    if isinstance(ctx_err, ConfigError):  # a validator's own one-line message says where
+        return str(ctx_err) if key == "(root)" else f"{key}: {ctx_err}"
     return f"{key}: {first['msg']} (got {first.get('input')!r})"
 
 

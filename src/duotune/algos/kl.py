@@ -29,21 +29,33 @@ KL_ESTIMATORS.register("k3", lambda logp, ref: torch.expm1(ref - logp) - (ref - 
                        help="k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased, >= 0; GRPO)")
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token KL estimate [N, T] of `kind` in k1 | k2 | k3 (SPEC 1); unmasked."""
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3",
+                clamp: float | None = None) -> torch.Tensor:
+    """Per-token KL estimate [N, T] of `kind` in k1 | k2 | k3 (SPEC 1); unmasked.
+
+    clamp = c bounds the estimate to [-c, c] (verl's `low_var_kl` clamps k3 to [-10, 10]); None
+    (TRL's choice, the default) leaves it unbounded.
+    """
     fn = KL_ESTIMATORS.get(kind)
     _shapes.tensor("logp", logp)
     _shapes.same_shape("ref_logp", ref_logp, "logp", logp)
-    return fn(logp, ref_logp)
+    kl = fn(logp, ref_logp)
+    if clamp is not None:
+        if clamp <= 0:
+            raise ConfigError(f"kl clamp must be > 0 (or None for no clamp), got {clamp}")
+        kl = kl.clamp(-clamp, clamp)
+    return kl
 
 
 def grpo_d_beta(step: int, total_steps: int, beta_min: float, beta_max: float,
                 explore_frac: float = 0.3) -> float:
-    """GRPO-D's KL weight at optimizer step `step` of `total_steps` (OThink-MR1, SPEC 2).
+    """GRPO-D's KL weight at position `step` of the schedule [0, total_steps] (OThink-MR1, SPEC 2).
 
-    w = max(1, round(explore_frac * t)), beta_mid = (beta_min + beta_max) / 2; beta falls linearly
-    from beta_mid (s = 0) to beta_min (s = w), then rises linearly to beta_max (s = t). When w >= t
-    there is no rising phase. Python's round (half to even) is used, as the equation writes round.
+    w = round(explore_frac * t), kept inside [1, t - 1] so that every check of SPEC 2 holds:
+    beta(0) = beta_mid = (beta_min + beta_max) / 2, beta(w) = beta_min, beta(t) = beta_max, continuous
+    at w. beta falls linearly from beta_mid to beta_min over [0, w], then rises linearly to beta_max.
+    t = 1 leaves no room for the fall: beta(0) = beta_mid, beta(1) = beta_max. Python's round (half
+    to even) is used, as the equation writes round.
     """
     if total_steps < 1:
         raise ConfigError(f"grpo_d needs total_steps >= 1, got {total_steps}")
@@ -51,15 +63,22 @@ def grpo_d_beta(step: int, total_steps: int, beta_min: float, beta_max: float,
         raise ConfigError(f"grpo_d explore_frac must lie in (0, 1), got {explore_frac}")
     if not 0 <= step <= total_steps:
         raise ConfigError(f"grpo_d step {step} is outside [0, total_steps={total_steps}]")
-    w = max(1, round(explore_frac * total_steps))
     mid = (beta_min + beta_max) / 2
+    if total_steps == 1:
+        return mid if step == 0 else beta_max
+    w = min(max(1, round(explore_frac * total_steps)), total_steps - 1)
     if step <= w:
         return mid - (mid - beta_min) * step / w
     return beta_min + (beta_max - beta_min) * (step - w) / (total_steps - w)
 
 
 class FixedKL:
-    """Constant beta (GRPO; OThink-MR1's constant-beta baselines)."""
+    """Constant beta (GRPO; OThink-MR1's constant-beta baselines).
+
+    Every controller is updated once per rollout step, after that step's updates, with the KL the
+    loss observed (token mean, averaged over the step's updates) and the number of sampled sequences
+    it was observed on; its `value` is the beta of the whole next rollout batch.
+    """
 
     def __init__(self, beta: float):
         self.value = float(beta)
@@ -77,7 +96,8 @@ class FixedKL:
 class AdaptiveKL(FixedKL):
     """Ziegler et al. 2019 / OpenRLHF: beta <- beta * (1 + clip(kl/target - 1, -0.2, 0.2) * n/horizon).
 
-    n = samples (sequences) in this step; VLAA-Thinking used init 1e-3, target 5e-4 (SPEC 2/3).
+    n = sequences sampled this step (OpenRLHF passes rollout_batch_size * n_samples_per_prompt);
+    VLAA-Thinking used init 1e-3, target 5e-4 (SPEC 2/3).
     """
 
     def __init__(self, init: float, target: float = 5e-4, horizon: int = 10000):
@@ -93,15 +113,30 @@ class AdaptiveKL(FixedKL):
 
 
 class GrpoDKL(FixedKL):
-    """OThink-MR1's GRPO-D schedule: value = grpo_d_beta(step, ...) after each update (SPEC 2)."""
+    """OThink-MR1's GRPO-D schedule over a stage of `total_steps` rollout steps (SPEC 2).
+
+    The stage's steps s = 0 .. T-1 sit on the equation's [0, t] with t = T - 1, so the first rollout
+    batch uses beta_mid and the last one beta_max; beta is constant within a rollout batch (however
+    many updates it makes). A one-step stage uses beta_mid.
+    """
 
     def __init__(self, beta_min: float, beta_max: float, total_steps: int, explore_frac: float = 0.3):
+        if total_steps < 1:
+            raise ConfigError(f"grpo_d needs total_steps >= 1, got {total_steps}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.total_steps, self.explore_frac = int(total_steps), float(explore_frac)
-        super().__init__(grpo_d_beta(0, self.total_steps, self.beta_min, self.beta_max, explore_frac))
+        super().__init__(self.beta_at(0))
+
+    def beta_at(self, step: int) -> float:
+        """The beta of rollout step `step` (0-based) of the stage."""
+        if self.total_steps == 1:
+            return (self.beta_min + self.beta_max) / 2
+        return grpo_d_beta(min(step, self.total_steps - 1), self.total_steps - 1, self.beta_min,
+                           self.beta_max, self.explore_frac)
 
     def update(self, observed_kl: float, step: int, n_samples: int = 1) -> float:
-        self.value = grpo_d_beta(step, self.total_steps, self.beta_min, self.beta_max, self.explore_frac)
+        """`step` = rollout steps done; the value becomes the beta of the next one."""
+        self.value = self.beta_at(step)
         return self.value
 
 

@@ -60,6 +60,11 @@ def method_config(cfg: CompareConfig, method: str, train_path: str, seed: int, r
     if data.get("stages"):
         for st, n in zip(data["stages"], scale_stages([int(s["steps"]) for s in data["stages"]], b.steps)):
             st["steps"] = n
+    # The budget's updates per step are whole-batch passes: recipes that split a rollout batch into
+    # mini-batches (the SRFT/LUFFY release settings) are brought to one mini-batch per pass.
+    for section in [data.get("algo")] + [st.get("algo") for st in data.get("stages") or []]:
+        if isinstance(section, dict) and section.get("ppo_mini_batches", 1) != 1:
+            section["ppo_mini_batches"] = 1
     apply_overrides(data, _overrides(cfg.per_method.get(method, {})))
     apply_overrides(data, _overrides({
         "run.output_dir": str(runs_dir), "run.name": f"{method}-s{seed}", "run.seed": seed,
@@ -75,9 +80,9 @@ def budget_of(tcfg: Any) -> dict[str, Any]:
     stages = stage_configs(tcfg)
     return {
         "steps": sum(s.steps for s in stages),
-        "optimizer_steps": sum(s.steps * s.num_iterations for s in stages),
+        "optimizer_steps": sum(s.steps * s.num_iterations * s.algo.mini_batches() for s in stages),
         "stages": [{"method": s.method, "steps": s.steps, "prompts_per_step": s.prompts_per_step,
-                    "updates_per_step": s.num_iterations,
+                    "updates_per_step": s.num_iterations * s.algo.mini_batches(),
                     "samples_per_prompt": s.rollout.group_size if METHODS.get(s.method).demo_entry.on_policy
                     else 1} for s in stages]}
 

@@ -51,15 +51,19 @@ class Reward(ABC):
 
     Subclasses set `name`, `requires` (columns they read) and implement `score`. After each call
     `stats` holds counters for the metrics (`timeouts`, and per reward extras such as
-    `gold_unparseable` or `by_type`).
+    `gold_unparseable` or `by_type`). `kind` says what the value measures: "accuracy" (the answer
+    is right; read for the solve rate), "format" (never read as solved) or "accuracy_format" (a sum
+    whose accuracy part the reward leaves in `parts["accuracy"]` after each call).
     """
 
     name = "reward"
+    kind = "accuracy"
     requires: tuple[str, ...] = ("answer",)
 
     def __init__(self) -> None:
         self.__name__ = self.name  # TRL logs reward functions by __name__
         self.stats: dict[str, Any] = {}
+        self.parts: dict[str, list[float | None]] = {}
 
     def __call__(self, completions: Sequence[str], **columns: Any) -> list[float | None]:
         completions = list(completions)

@@ -64,6 +64,7 @@ class FormatThinkAnswer(Reward):
     """1 if the whole completion is `<think>...</think>` whitespace `<answer>...</answer>`, else 0."""
 
     name = "format_think_answer"
+    kind = "format"
     requires = ()
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
@@ -74,6 +75,7 @@ class AccuracyFormat(PooledReward):
     """OThink-MR1 / R1-V reward R_acc + alpha * R_format (SPEC 2), alpha = 1: range [0, 1 + alpha]."""
 
     name = "accuracy_format"
+    kind = "accuracy_format"
 
     def __init__(self, alpha: float = 1.0, pool: Any = None):
         super().__init__(pool)
@@ -86,6 +88,7 @@ class AccuracyFormat(PooledReward):
                 for c, g in zip(completions, golds)]
         idx = list(range(len(completions)))
         acc = self.run_pool("duotune.rewards.verify:accuracy_score", jobs, idx, group_key=lambda job: job[2])
+        self.parts = {"accuracy": list(acc)}  # "solved" reads this part, never the format bonus
         return [a + self.alpha * think_answer_format(c) for a, c in zip(acc, completions)]
 
 
@@ -93,6 +96,7 @@ class BoxedFormat(Reward):
     """1 if the completion has a balanced, non-empty `\\boxed{...}` (the boxed prompt style), else 0."""
 
     name = "boxed_format"
+    kind = "format"
     requires = ()
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:

@@ -95,6 +95,28 @@ class RewardManager:
         metrics.update({"reward/mean": mean, "reward/std": std})
         return totals, components, metrics
 
+    def correct(self, components: dict[str, list[float | None]]) -> list[bool]:
+        """Per sample: solved by the accuracy part of the rewards (mean of the accuracy values that
+        apply > 0.5). Format rewards are never read; a sum like `accuracy_format` is read through its
+        accuracy part. With no accuracy reward at all, the weighted total decides."""
+        columns = []
+        for key, fn, _ in self.entries:
+            kind = getattr(fn, "kind", "accuracy")
+            if kind == "accuracy_format":
+                columns.append(list(getattr(fn, "parts", {}).get("accuracy", components[key])))
+            elif kind != "format":
+                columns.append(components[key])
+        n = len(next(iter(components.values()), []))
+        if not columns:
+            totals = [sum(0.0 if components[k][i] is None else w * float(components[k][i])
+                          for k, _, w in self.entries) for i in range(n)]
+            return [t > 0.5 for t in totals]
+        out = []
+        for i in range(n):
+            vals = [float(c[i]) for c in columns if c[i] is not None]
+            out.append(bool(vals) and sum(vals) / len(vals) > 0.5)
+        return out
+
     def _call(self, key: str, fn: Callable[..., Any], completions: list[str],
               columns: dict[str, Any]) -> list[float | None]:
         check_columns(key, _required_columns(fn), completions, columns)

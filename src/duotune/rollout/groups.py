@@ -32,8 +32,11 @@ class Rollout:
     is_demo: list[bool] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     source: list[int] = field(default_factory=list)  # index into examples/prompts per row
+    logprobs: list[list[float] | None] = field(default_factory=list)  # the sampler's, per token (None: demo)
 
-    def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool) -> None:
+    def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool,
+            logprobs: list[float] | None = None) -> None:
+        self.logprobs.append(logprobs)
         self.source.append(src)
         self.group_ids.append(group)
         self.responses.append(ids)
@@ -80,7 +83,7 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
         if group_size == 0:
             break
         for comp in samples[b]:
-            out.add(b, b, list(comp.token_ids), comp.text, False, comp.finish_reason == "length")
+            out.add(b, b, list(comp.token_ids), comp.text, False, comp.finish_reason == "length", comp.logprobs)
         if demo_in_group:
             ids, cut = _demo_ids(encoder, ex, max_completion_length)
             out.add(b, b, ids, encoder.tokenizer.decode(ids, skip_special_tokens=True), True, cut)
@@ -109,6 +112,16 @@ class CollatedBatch:
     images: list[list[Any]]
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, L] processor ids
     prompt_index: torch.Tensor | None = None  # [N] which prompt each row continues (equal = same prompt)
+    # Filled by the trainer once the rows are scored, so one record carries the step through.
+    rewards: torch.Tensor | None = None      # [N] total reward
+    correct: torch.Tensor | None = None      # [N] bool: solved by the accuracy part of the reward
+    advantages: torch.Tensor | None = None   # [N]
+    # [N, T] log-probs of the sampled tokens under the sampler (0 on demo rows); None when the
+    # sampler reported none. Response-aligned like response_mask.
+    rollout_logp: torch.Tensor | None = None
+
+    ROW_FIELDS = ("response_mask", "demo_mask", "is_demo", "group_ids", "truncated", "prompt_index",
+                  "rewards", "correct", "advantages", "rollout_logp")
 
     @property
     def num_rows(self) -> int:
@@ -120,13 +133,21 @@ class CollatedBatch:
     def select(self, rows: torch.Tensor) -> CollatedBatch:
         """The sub-batch of `rows` with full-sequence padding trimmed to its own longest row."""
         length = int(self.attention_mask[rows].sum(-1).max())
+        per_row = {k: None if getattr(self, k) is None else getattr(self, k)[rows] for k in self.ROW_FIELDS}
         return CollatedBatch(
             self.input_ids[rows, :length], self.attention_mask[rows, :length],
             self.loss_mask[rows, :length], self.resp_pos[rows].clamp(max=length - 1),
-            self.response_mask[rows], self.demo_mask[rows], self.is_demo[rows], self.group_ids[rows],
-            self.truncated[rows], [self.images[int(r)] for r in rows],
-            {k: v[rows, :length] for k, v in self.token_fields.items()},
-            None if self.prompt_index is None else self.prompt_index[rows])
+            images=[self.images[int(r)] for r in rows],
+            token_fields={k: v[rows, :length] for k, v in self.token_fields.items()}, **per_row)
+
+    def to(self, device: torch.device) -> CollatedBatch:
+        """The same rows with every tensor on `device` (a no-op when they are there already)."""
+        if self.input_ids.device == device:
+            return self
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()
+                 if k not in ("images", "token_fields")}
+        return CollatedBatch(**moved, images=self.images,
+                             token_fields={k: v.to(device) for k, v in self.token_fields.items()})
 
 
 def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
@@ -149,9 +170,15 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
     fields = {key: pad([rollout.prompts[s].token_fields[key] + [0] * len(r)
                         for s, r in zip(rollout.source, rollout.responses)], 0, "right")[0]
               for key in rollout.prompts[0].token_fields}
+    rollout_logp = None
+    if any(lp is not None for lp in rollout.logprobs):
+        rollout_logp = torch.zeros((n, t_max), dtype=torch.float32)
+        for i, lp in enumerate(rollout.logprobs):
+            if lp is not None:
+                rollout_logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
     return CollatedBatch(
         input_ids, attn, loss_mask, resp_pos, response_mask, response_mask * is_demo[:, None].float(),
         is_demo, torch.tensor(rollout.group_ids, dtype=torch.long),
         torch.tensor(rollout.truncated, dtype=torch.bool),
         [rollout.prompts[s].images for s in rollout.source], fields,
-        torch.tensor(rollout.source, dtype=torch.long))
+        torch.tensor(rollout.source, dtype=torch.long), rollout_logp=rollout_logp)

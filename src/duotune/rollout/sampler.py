@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from duotune.data import Example
 from duotune.errors import ConfigError
@@ -153,9 +154,11 @@ class HFSampler(EncodingSampler):
         )
         if self.suppress_tokens:
             gen_kwargs["suppress_tokens"] = self.suppress_tokens
-        seqs = model.generate(**inputs, **gen_kwargs)
-        new = seqs[:, inputs["input_ids"].shape[1]:].tolist()
-        return [self._completion(ids, eos) for ids in new]
+        recorder = SampledLogprobs(params.temperature)
+        seqs = model.generate(**inputs, **gen_kwargs, logits_processor=LogitsProcessorList([recorder]))
+        new = seqs[:, inputs["input_ids"].shape[1]:]
+        logprobs = recorder.result(new).tolist()
+        return [self._completion(ids, eos, lp) for ids, lp in zip(new.tolist(), logprobs)]
 
     def _shared_prefill(self, inputs: dict[str, Any], repeat: int) -> dict[str, Any]:
         """Prefill every prompt token but the last once per prompt, then give each of the `repeat`
@@ -170,14 +173,43 @@ class HFSampler(EncodingSampler):
         return {"input_ids": ids.repeat_interleave(repeat, dim=0),
                 "attention_mask": mask.repeat_interleave(repeat, dim=0), cache_kwarg(model): cache}
 
-    def _completion(self, ids: list[int], eos: list[int]) -> Completion:
+    def _completion(self, ids: list[int], eos: list[int], logprobs: list[float]) -> Completion:
         stop = next((k for k, t in enumerate(ids) if t in eos), None)
         if stop is None:
             kept, reason = ids, "length"
         else:
             kept, reason = ids[:stop + 1], "stop"
         text = self.encoder.tokenizer.decode(kept, skip_special_tokens=True)
-        return Completion(text=text, token_ids=kept, finish_reason=reason)
+        return Completion(text=text, token_ids=kept, finish_reason=reason, logprobs=logprobs[:len(kept)])
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records log softmax(logits / T)[sampled token] at every generation step: the sampling policy's
+    log-prob of each token (before top-k/top-p, which TRL and verl also leave out of the trained
+    policy). `generate` runs custom processors before its temperature and top-k/top-p warpers, so
+    the scores seen here are the model's logits (after token suppression). T = 0 (greedy) records T = 1.
+
+    Each call sees the tokens chosen so far, so the token sampled after call k is read at call k+1;
+    `result` reads the last one from the output ids."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.prev: torch.Tensor | None = None
+        self.out: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev is not None:
+            self.out.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def result(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """[B, new tokens] log-probs of `new_ids` (the generated part of `generate`'s output)."""
+        if self.prev is not None and len(self.out) < new_ids.shape[1]:
+            self.out.append(self.prev.gather(1, new_ids[:, len(self.out):len(self.out) + 1]).squeeze(1))
+        if not self.out:
+            return torch.zeros(new_ids.shape, dtype=torch.float32)
+        return torch.stack(self.out, dim=1).cpu()
 
 
 def _rng_devices(model: Any) -> list[int]:

@@ -44,8 +44,9 @@ def arm_overrides(arm: str, scale: Any) -> list[str]:
         return []
     sft = max(1, scale.steps // 2)
     rl = max(1, scale.steps - sft)
-    return [f"stages=[{{method: sft, steps: {sft}, overrides: {{optim.lr: {scale.sft_lr}}}}}, "
-            f"{{method: grpo, steps: {rl}, overrides: {{optim.lr: {scale.rl_lr}}}}}]"]
+    # Index overrides keep each stage's own settings (the GRPO stage's adaptive KL) from the recipe.
+    return [f"stages.0.steps={sft}", f"stages.0.overrides={{optim.lr: {scale.sft_lr}}}",
+            f"stages.1.steps={rl}", f"stages.1.overrides={{optim.lr: {scale.rl_lr}}}"]
 
 
 def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARMS),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from duotune.models import compute_logprobs
+from duotune.models.batching import plan_micro_batches
 from duotune.models.logprobs import shared_prompt_logprobs
 from duotune.rollout import CollatedBatch, PromptEncoder
 
@@ -23,20 +24,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[
 
 
 def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]:
-    """Row-index groups whose padded size (rows x longest row) stays within `token_budget`."""
-    lengths = batch.row_lengths()
-    order = torch.argsort(lengths, stable=True).tolist()
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for r in order:
-        longest = max([int(lengths[r])] + [int(lengths[c]) for c in current[-1:]])
-        if current and (len(current) + 1) * longest > token_budget:
-            groups.append(current)
-            current = []
-        current.append(r)
-    if current:
-        groups.append(current)
-    return [torch.tensor(g, dtype=torch.long) for g in groups]
+    """Row-index groups whose padded size (rows x longest row) stays within `token_budget`: the one
+    planner (`models.batching.plan_micro_batches`) that the log-prob forward also uses."""
+    every = torch.ones(batch.num_rows, dtype=torch.bool, device=batch.attention_mask.device)
+    return [mb.rows for mb in plan_micro_batches(batch.attention_mask, every, token_budget)]
 
 
 def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *, with_entropy: bool,
@@ -86,10 +77,12 @@ def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, tok
 
 def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch, loss_fn: LossFn,
                         token_budget: int, *, with_entropy: bool, entropy_grad: bool = True,
-                        share_prompts: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
+                        share_prompts: bool = True, temperature: float = 1.0,
+                        ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Back-propagate `loss_fn(logp, entropy)` over the whole batch; returns (loss, metrics, logp, H).
 
     One micro-batch: a plain forward/backward. Several: the two-pass replay described above.
+    temperature: log-probs and entropy of softmax(logits / T), the policy that sampled at T.
     entropy_grad False: the loss only reads the entropy (metrics, stop-gradient weights), so it is
     computed outside autograd.
     Gradients are only accumulated here; data-parallel averaging happens after (see `loop`).
@@ -97,13 +90,14 @@ def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch
     mbs = micro_batches(batch, token_budget)
     if len(mbs) == 1:
         logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy,
-                                      entropy_grad=entropy_grad, share_prompts=share_prompts)
+                                      entropy_grad=entropy_grad, temperature=temperature,
+                                      share_prompts=share_prompts)
         loss, metrics = loss_fn(logp, ent)
         if torch.isfinite(loss):
             loss.backward()
         return loss.detach(), metrics, logp.detach(), None if ent is None else ent.detach()
     logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy,
-                                 share_prompts=share_prompts)
+                                 temperature=temperature, share_prompts=share_prompts)
     leaf_logp = logp0.clone().requires_grad_(True)
     leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None and entropy_grad else ent0
     loss, metrics = loss_fn(leaf_logp, leaf_ent)
@@ -116,7 +110,7 @@ def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch
     need_ent = with_entropy and g_ent is not None
     for rows in mbs:
         lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent,
-                                   share_prompts=share_prompts)
+                                   temperature=temperature, share_prompts=share_prompts)
         surrogate = (lp * g_logp[rows].to(lp.dtype)).sum()
         if need_ent and en is not None:
             surrogate = surrogate + (en * g_ent[rows].to(en.dtype)).sum()

@@ -1,7 +1,8 @@
 """`TrainConfig`: every training knob, validated when loaded; each field's description is the CLI help.
 
-Algorithm choices are registry names (validated against `duotune.algos`/`duotune.rewards`
-registries and the `method` registry here). Imports pydantic, the registries and `duotune.config`.
+The method's own settings (`algo:`) are validated by that method's typed model (`trainers.methods`),
+so a key the method does not take is an error naming the method and the keys it takes. Imports
+pydantic, the registries and `duotune.config`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-import duotune.algos  # noqa: F401 - fills the advantage/policy_loss/aggregation/kl/demo registries
 from duotune.config import Cfg, RegistryName
+from duotune.errors import ConfigError
 from duotune.models.lora import DEFAULT_TARGETS
-from duotune.registry import Registry
 from duotune.rewards import validate_reward_name  # importing fills the reward registry
-from duotune.trainers.methods import METHODS
-
-_R = Registry.all()
+from duotune.trainers.methods import METHODS, settings_for
 
 
 class DataCfg(Cfg):
@@ -51,42 +49,6 @@ class RewardCfg(Cfg):
             raise ValueError(f"reward.weights has {len(self.weights)} entries for "
                              f"{len(self.names)} reward names; give one weight per name")
         return self
-
-
-class KLCfg(Cfg):
-    controller: RegistryName(_R["kl_controller"]) = Field(
-        "fixed", description="KL weight controller: fixed | adaptive | grpo_d (SPEC 2)")
-    beta: float = Field(0.0, ge=0, description="KL weight (fixed) or initial weight (adaptive); "
-                                               "0 with controller fixed loads no reference model")
-    estimator: RegistryName(_R["kl_estimator"]) = Field("k3", description="per-token KL estimator")
-    beta_min: float = Field(0.0, ge=0, description="grpo_d: lowest beta, reached at explore_frac")
-    beta_max: float = Field(0.02, ge=0, description="grpo_d: beta at the last step of the stage")
-    explore_frac: float = Field(0.3, gt=0, lt=1, description="grpo_d: exploration share of the steps")
-    target: float = Field(5e-4, gt=0, description="adaptive: target KL")
-    horizon: int = Field(10000, ge=1, description="adaptive: horizon in samples")
-
-
-class AlgoCfg(Cfg):
-    advantage: RegistryName(_R["advantage"]) = Field("grpo", description="group advantage estimator")
-    adv_eps: float = Field(1e-6, gt=0, description="epsilon in the std normalisation")
-    policy_loss: RegistryName(_R["policy_loss"]) = Field("ppo_clip", description="on-policy token loss")
-    clip_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1")
-    clip_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1 (DAPO: 0.28)")
-    aggregation: RegistryName(_R["aggregation"]) = Field(
-        "token_mean", description="how the [N,T] token loss becomes a scalar (SPEC 1)")
-    entropy_coef: float = Field(0.0, description="entropy bonus: loss -= coef * mean(H)")
-    kl: KLCfg = Field(default_factory=KLCfg, description="KL regularisation")
-    demo_weight: RegistryName(_R["demo_weight"]) = Field(
-        "luffy", description="per-token weight on demo tokens (axis 2): luffy = p/(p+gamma)")
-    demo_gamma: float = Field(0.1, gt=0, description="gamma of LUFFY's policy shaping p/(p+gamma)")
-    demo_in_group_stats: bool = Field(True, description="demos count in group mean/std (axis 4)")
-    sft_coef: float = Field(1.0, ge=0, description="weight of the demo NLL (rl_sft_loss)")
-    mix_schedule: RegistryName(_R["mix_schedule"]) = Field(
-        "constant", description="schedule of the demo-loss weight over the stage (axis 3)")
-    srft_sft_weight_sign: Literal[-1, 1] = Field(
-        -1, description="SRFT w_sft = 0.5*exp(sign*H): -1 as in the paper, +1 as the released code")
-    srft_entropy_granularity: Literal["sequence", "token", "batch"] = Field(
-        "sequence", description="SRFT: entropy used in the weights")
 
 
 class OptimCfg(Cfg):
@@ -147,6 +109,8 @@ class RunCfg(Cfg):
 class StageCfg(Cfg):
     method: RegistryName(METHODS) = Field(..., description="method of this stage")
     steps: int = Field(..., ge=1, description="training steps of this stage")
+    algo: dict[str, Any] = Field({}, description="this stage's method settings (see `duotune list "
+                                                 "method NAME`)")
     overrides: dict[str, Any] = Field({}, description="dotted key: value overrides for this stage")
 
 
@@ -159,7 +123,9 @@ class TrainConfig(Cfg):
     data: DataCfg = Field(..., description="training data")
     rollout: RolloutCfg = Field(default_factory=RolloutCfg, description="sampling")
     reward: RewardCfg = Field(default_factory=RewardCfg, description="rewards")
-    algo: AlgoCfg = Field(default_factory=AlgoCfg, description="losses and advantages")
+    algo: Any = Field(default_factory=dict, description="the method's settings (losses, advantages, KL, "
+                      "clip, coefficients): every key and default per method in `duotune list method "
+                      "NAME` or `duotune train --help NAME`")
     optim: OptimCfg = Field(default_factory=OptimCfg, description="optimizer")
     compute: ComputeCfg = Field(default_factory=ComputeCfg, description="compute")
     lora: LoraCfg = Field(default_factory=LoraCfg, description="LoRA (peft) instead of full fine-tuning")
@@ -167,6 +133,26 @@ class TrainConfig(Cfg):
     run: RunCfg = Field(default_factory=RunCfg, description="run folder, logging, checkpoints")
     stages: list[StageCfg] = Field([], description="pipeline: stages run in order, each from the "
                                                    "previous stage's weights (overrides method/steps)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_settings(cls, data: Any) -> Any:
+        """Validate `algo` (and each stage's) with its method's settings model, before anything else."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        stages = data.get("stages") or []
+        if stages:
+            if data.get("algo"):
+                raise ConfigError("with `stages`, method settings go into each stage: stages[k].algo "
+                                  "(the top-level `algo` would apply to stages of other methods)")
+            for k, st in enumerate(stages):
+                if isinstance(st, dict) and isinstance(st.get("method"), str) and st["method"] in METHODS:
+                    settings_for(st["method"], st.get("algo"), where=f"stages[{k}].algo")
+        method = data.get("method", "grpo")
+        if isinstance(method, str) and method in METHODS:
+            data["algo"] = settings_for(method, None if stages else data.get("algo"))
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -184,7 +170,7 @@ def stage_configs(cfg: TrainConfig) -> list[TrainConfig]:
     out = []
     for k, st in enumerate(cfg.stages):
         data = cfg.model_dump(mode="json")
-        data.update(method=st.method, steps=st.steps, stages=[])
+        data.update(method=st.method, steps=st.steps, stages=[], algo=st.algo)
         apply_overrides(data, [f"{key}={_yaml(v)}" for key, v in st.overrides.items()])
         out.append(build(TrainConfig, data, source=f"stages[{k}]"))
     return out

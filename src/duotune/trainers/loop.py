@@ -24,6 +24,7 @@ from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param
 from duotune.rollout import HFSampler, PromptEncoder
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers.config import TrainConfig, stage_configs
+from duotune.trainers.methods import METHODS
 from duotune.trainers.metrics import MetricsLogger, plot_curves
 from duotune.trainers.optim import broadcast_params, build_optimizer, resolve_dtype
 from duotune.trainers.step import StageState, train_step
@@ -125,12 +126,11 @@ def _stage_bundle(cfg: TrainConfig, k: int, prev: Any, run_dir: Path, resume: Pa
     return bundle
 
 
-def _reference(cfg: TrainConfig, k: int, bundle: Any, run_dir: Path, resumed: bool, accelerator: Any) -> Any:
-    """A frozen copy of the stage's initial policy when the KL term is active, else None (SPEC 1:
-    beta = 0 loads no reference model)."""
-    from duotune.trainers.methods import kl_active
-
-    if not kl_active(cfg):
+def _reference(cfg: TrainConfig, needs: Any, k: int, bundle: Any, run_dir: Path, resumed: bool,
+               accelerator: Any) -> Any:
+    """A frozen copy of the stage's initial policy when the method needs one (an active KL term),
+    else None (SPEC 1: beta = 0 loads no reference model)."""
+    if not needs.reference:
         return None
     if resumed:  # the stage-start weights, saved when the stage began
         ref = load_model(str(run_dir / f"stage-{k}-init"), device=accelerator.device,
@@ -144,28 +144,31 @@ def _reference(cfg: TrainConfig, k: int, bundle: Any, run_dir: Path, resumed: bo
 
 def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: Any, run_dir: Path,
                logger: MetricsLogger, state: dict[str, Any] | None, result: RunResult) -> RunResult:
-    from duotune.trainers.methods import build_kl
-
     examples = load_examples(cfg.data.train, format=cfg.data.format, limit=cfg.data.limit,
                              prompt_style=cfg.data.prompt_style, system_prompt=cfg.data.system_prompt)
     if not examples:
         raise DuotuneError(f"data.train {cfg.data.train!r} has no rows")
-    total_opt = cfg.steps * cfg.num_iterations
+    method = METHODS.get(cfg.method)
+    needs = method.needs(cfg.algo, cfg.num_iterations, cfg.rollout.temperature)
+    total_opt = cfg.steps * cfg.num_iterations * cfg.algo.mini_batches()
     groups = (param_groups(bundle.model, cfg.optim.lr, cfg.lora.full_lr, cfg.lora.full_modules)
               if cfg.lora.enabled else None)
     optimizer, scheduler = build_optimizer(bundle.model, cfg.optim, total_opt, groups)
-    kl = build_kl(cfg, total_opt)
-    st = StageState(cfg=cfg, bundle=bundle, encoder=PromptEncoder(bundle),
+    kl_term = cfg.algo.kl_term()
+    # GRPO-D's schedule spans the stage's rollout steps: beta is constant within a rollout batch.
+    kl = kl_term.build(cfg.steps) if needs.reference else None
+    st = StageState(cfg=cfg, method=method, needs=needs, bundle=bundle, encoder=PromptEncoder(bundle),
                     sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,
                                       suppress_tokens=bundle.vision_token_ids or None),
-                    reference=_reference(cfg, k, bundle, run_dir, state is not None, accelerator),
+                    reference=_reference(cfg, needs, k, bundle, run_dir, state is not None, accelerator),
                     optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
-                    accelerator=accelerator, logger=logger)
+                    accelerator=accelerator, logger=logger, total_updates=total_opt)
     step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        vars(kl).update(copy.deepcopy(state["kl"]))  # controllers are plain objects (algos)
+        if kl is not None and state.get("kl"):
+            kl.load_state_dict(state["kl"])
         st.bad_in_row = int(state["bad_in_row"])
         step = int(state["global_step"]) - begin
         ckpt.set_rng_state(state["rng"])
@@ -192,7 +195,7 @@ def _save(st: StageState, run_dir: Path, global_step: int) -> Path | None:
     if st.accelerator.is_main_process:
         path = ckpt.save_checkpoint(run_dir, global_step, st.bundle, {
             "global_step": global_step, "optimizer": st.optimizer.state_dict(),
-            "scheduler": st.scheduler.state_dict(), "kl": copy.deepcopy(vars(st.kl)),
+            "scheduler": st.scheduler.state_dict(), "kl": st.kl.state_dict() if st.kl is not None else {},
             "bad_in_row": st.bad_in_row}, st.cfg.run.keep_last)
     st.accelerator.wait_for_everyone()
     return path

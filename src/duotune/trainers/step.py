@@ -1,24 +1,27 @@
-"""One training step: sample the groups, score them, compute advantages, then `num_iterations`
-updates with the method's loss; returns one metrics record (SPEC 6 + issue 6 item 7).
+"""One training step, top to bottom: sample the groups, score them, compute advantages, the
+reference and old log-probs the method needs, then `num_iterations` passes of `ppo_mini_batches`
+updates with the method's loss, then the KL controller; returns one metrics record (SPEC 6).
 
-Data flow as in DESIGN.md "How data flows in one RL step"; the method only supplies its loss.
-Imports torch, rollout, rewards (through `methods`) and `trainers.compute`.
+Data flow as in DESIGN.md "How data flows in one RL step"; the method supplies its settings, its
+needs and its loss. Imports torch, rollout, `trainers.scoring` and `trainers.compute`.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from duotune.errors import DuotuneError
-from duotune.rollout import SamplingParams, build_groups, collate
+from duotune.rollout import CollatedBatch, SamplingParams, build_groups, collate
 from duotune.trainers.compute import backward_full_batch, batch_logprobs
-from duotune.trainers.methods import METHODS, LossInputs, advantages, score_rollout
+from duotune.trainers.methods import LossInputs, Method, Needs
 from duotune.trainers.optim import all_reduce_grads, prompt_indices
+from duotune.trainers.scoring import advantages, score_rollout
 
 
 @dataclass
@@ -26,27 +29,82 @@ class StageState:
     """Everything a stage's steps share (built once per stage by `loop._run_stage`)."""
 
     cfg: Any
+    method: Method
+    needs: Needs
     bundle: Any
     encoder: Any
     sampler: Any
     reference: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    kl: Any
+    kl: Any                 # the KL controller, None when the method has no active KL term
     examples: list[Any]
     accelerator: Any
     logger: Any
+    total_updates: int      # optimizer updates of the stage (mixing schedules' denominator)
     bad_in_row: int = 0
     opt_steps: int = 0
 
 
-def _rollout(st: StageState, step: int) -> tuple[Any, Any, dict[str, float]]:
+def train_step(st: StageState, step: int) -> dict[str, Any]:
+    """Sample, score and update; the returned record holds every metric of this step."""
+    cfg, settings, needs = st.cfg, st.cfg.algo, st.needs
+    model = st.bundle.model
+    t0 = time.perf_counter()
+    rollout, batch = _rollout(st, step)
+    t_roll = time.perf_counter() - t0
+    record: dict[str, Any] = {"n_prompts": float(len(rollout.examples))}
+    if st.method.uses_reward:
+        batch.rewards, batch.correct, rmetrics = score_rollout(rollout, cfg.reward)
+        record.update(rmetrics)
+    else:
+        batch.rewards, batch.correct = torch.zeros(batch.num_rows), torch.zeros(batch.num_rows, dtype=torch.bool)
+    batch.advantages, amet = advantages(settings.group_stats(), rollout, batch.rewards, batch.correct)
+    record.update(amet)
+    batch = batch.to(next(model.parameters()).device)
+    record.update(_length_metrics(batch))
+    if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
+        batch.response_mask[batch.truncated & ~batch.is_demo] = 0
+    budget, share, temp = cfg.compute.token_budget, cfg.compute.share_prompts, needs.temperature
+    # Log-probs at the rollout temperature (TRL, verl): the policy that sampled is softmax(logits / T).
+    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False,
+                               temperature=temp, share_prompts=share)[0] if needs.reference else None)
+    # The sampling policy's log-probs, only when a ratio can differ from 1 (a later update on samples
+    # an earlier update of this step already moved the policy for).
+    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, temperature=temp,
+                               share_prompts=share)[0] if needs.old_logp else None)
+    beta = float(st.kl.value) if st.kl is not None else 0.0  # one beta per rollout batch
+    t1 = time.perf_counter()
+    updates: dict[str, list[float]] = defaultdict(list)
+    observed_kl: list[float] = []
+    for _ in range(cfg.num_iterations):
+        for rows in mini_batches(batch, settings.mini_batches()):
+            metrics, kl = _update(st, batch.select(rows), _rows(old_logp, rows), _rows(ref_logp, rows), beta)
+            for k, v in metrics.items():
+                updates[k].append(v)
+            if kl is not None:
+                observed_kl.append(kl)
+    record.update({k: sum(v) / len(v) for k, v in updates.items()})
+    t_train = time.perf_counter() - t1
+    if st.kl is not None:  # once per rollout step, with the KL the loss observed and its sample count
+        n = int((~batch.is_demo).sum()) * st.accelerator.num_processes
+        st.kl.update(sum(observed_kl) / max(1, len(observed_kl)), step + 1, n_samples=n)
+    if st.reference is not None:
+        record["kl/beta"] = beta  # the beta the loss used
+    n_tokens = float(batch.attention_mask.sum())
+    record.update({"time/rollout": t_roll, "time/train": t_train,
+                   "perf/tokens_per_s": n_tokens * cfg.num_iterations / max(t_train, 1e-9),
+                   "train/lr": st.scheduler.get_last_lr()[0], "train/updates": float(len(updates["loss/total"]))})
+    return record
+
+
+def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch]:
+    """The step's prompts (a pure function of seed, step and rank), sampled and collated once."""
     cfg, acc = st.cfg, st.accelerator
-    method = METHODS.get(cfg.method)
     idx = prompt_indices(len(st.examples), cfg.prompts_per_step, step, acc.process_index,
                          acc.num_processes, cfg.run.seed, cfg.data.shuffle)
     examples = [st.examples[i] for i in idx]
-    entry = method.demo_entry
+    entry = st.method.demo_entry
     params = SamplingParams(n=1, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_completion_length,
                             # a pure function of (seed, step, rank): resuming resamples identically
@@ -55,60 +113,47 @@ def _rollout(st: StageState, step: int) -> tuple[Any, Any, dict[str, float]]:
                            group_size=cfg.rollout.group_size if entry.on_policy else 0,
                            demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
                            max_completion_length=cfg.rollout.max_completion_length)
-    batch = collate(rollout, st.encoder)
-    return rollout, batch, {"n_prompts": float(len(examples))}
+    return rollout, collate(rollout, st.encoder)
 
 
-def train_step(st: StageState, step: int) -> dict[str, Any]:
-    """Sample, score and update; the returned record holds every metric of this step."""
-    cfg, model = st.cfg, st.bundle.model
-    method = METHODS.get(cfg.method)
-    device = next(model.parameters()).device
-    t0 = time.perf_counter()
-    rollout, batch, record = _rollout(st, step)
-    t_roll = time.perf_counter() - t0
-    if method.uses_reward:
-        rewards, rmetrics = score_rollout(rollout, cfg.reward)
-        record.update(rmetrics)
-    else:
-        rewards = torch.zeros(batch.num_rows)
-    adv, amet = advantages(cfg, rollout, rewards)
-    record.update(amet)
-    batch = _to(batch, device)
-    mask = batch.response_mask.clone()
-    if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
-        mask[batch.truncated & ~batch.is_demo] = 0
-    budget = cfg.compute.token_budget
-    share = cfg.compute.share_prompts
-    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
-                if st.reference is not None else None)
-    # Old log-probs only matter when the same batch is reused (rho != 1); with one update rho == 1.
-    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
-                if cfg.num_iterations > 1 else None)
-    t1 = time.perf_counter()
-    for _ in range(cfg.num_iterations):
-        inputs = LossInputs(cfg=cfg, batch=batch, mask=mask, rewards=rewards.to(device),
-                            advantages=adv.to(device), old_logp=old_logp, ref_logp=ref_logp,
-                            beta=float(st.kl.value), progress=st.opt_steps / max(1, cfg.steps * cfg.num_iterations))
-        st.optimizer.zero_grad(set_to_none=True)
-        loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h, inputs=inputs: method.loss(inputs, lp, h),
-                                               budget, with_entropy=True,
-                                               entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef),
-                                               share_prompts=share)
-        record.update(lmet)
-        record.update(_update(st, loss, lmet))
-    t_train = time.perf_counter() - t1
-    n_tokens = float(batch.attention_mask.sum())
-    record.update({"time/rollout": t_roll, "time/train": t_train,
-                   "perf/tokens_per_s": n_tokens * cfg.num_iterations / max(t_train, 1e-9),
-                   "train/lr": st.scheduler.get_last_lr()[0]})
-    if st.reference is not None:  # the KL term is on (an SFT stage has none)
-        record["kl/beta"] = float(st.kl.value)
-    record.update(_length_metrics(batch))
-    return record
+def mini_batches(batch: CollatedBatch, k: int) -> list[torch.Tensor]:
+    """Row indices of k disjoint mini-batches of whole prompts (a prompt's group and its demo rows
+    stay together), in prompt order, as verl's PPO mini-batches split the rollout batch."""
+    prompts = torch.unique(batch.prompt_index)
+    if k > len(prompts):
+        raise DuotuneError(f"algo.ppo_mini_batches={k} is more than the {len(prompts)} prompts of a step; "
+                           f"lower it or raise prompts_per_step")
+    return [torch.isin(batch.prompt_index, chunk).nonzero().flatten() for chunk in prompts.chunk(k)]
 
 
-def _update(st: StageState, loss: torch.Tensor, lmet: dict[str, float]) -> dict[str, float]:
+def _rows(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x[rows.to(x.device)]
+
+
+def _update(st: StageState, rows: CollatedBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+            beta: float) -> tuple[dict[str, float], float | None]:
+    """One optimizer update on `rows` with the method's loss; returns its metrics and observed KL."""
+    cfg, settings = st.cfg, st.cfg.algo
+    inputs = LossInputs(settings=settings, batch=rows, mask=rows.response_mask, rewards=rows.rewards,
+                        correct=rows.correct, advantages=rows.advantages, old_logp=old_logp,
+                        ref_logp=ref_logp, beta=beta, progress=min(1.0, st.opt_steps / st.total_updates),
+                        l_max=cfg.rollout.max_completion_length)
+    outs = []
+
+    def loss_fn(logp: torch.Tensor, ent: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        outs.append(st.method.loss(inputs, logp, ent))
+        return outs[-1].loss, outs[-1].metrics
+
+    st.optimizer.zero_grad(set_to_none=True)
+    entropy_grad = st.method.entropy_grad or bool(getattr(settings, "entropy_coef", 0.0))
+    loss, lmet, _, _ = backward_full_batch(st.bundle.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
+                                           with_entropy=True, entropy_grad=entropy_grad,
+                                           share_prompts=cfg.compute.share_prompts,
+                                           temperature=st.needs.temperature)
+    return {**lmet, **_optimizer_step(st, loss)}, outs[-1].kl
+
+
+def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
     """Optimizer step, or a skipped update (warning) when the loss or the gradient norm is not finite."""
     if not torch.isfinite(loss):
         return _skip(st, f"non-finite loss ({loss.item()})")
@@ -123,8 +168,6 @@ def _update(st: StageState, loss: torch.Tensor, lmet: dict[str, float]) -> dict[
     st.optimizer.step()
     st.scheduler.step()
     st.opt_steps += 1
-    observed = lmet.get("kl/mean", 0.0)
-    st.kl.update(observed, st.opt_steps)
     return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss)}
 
 
@@ -153,15 +196,3 @@ def _length_metrics(batch: Any) -> dict[str, float]:
     if bool(batch.is_demo.any()):
         out["completion/demo_len_mean"] = float(lens[batch.is_demo].mean())
     return out
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if batch.input_ids.device == device:
-        return batch
-    for name in ("input_ids", "attention_mask", "loss_mask", "resp_pos", "response_mask", "demo_mask",
-                 "is_demo", "group_ids", "truncated"):
-        setattr(batch, name, getattr(batch, name).to(device))
-    if batch.prompt_index is not None:
-        batch.prompt_index = batch.prompt_index.to(device)
-    batch.token_fields = {k: v.to(device) for k, v in batch.token_fields.items()}
-    return batch

@@ -1,0 +1,284 @@
+"""What a method is: a typed settings model, where its demos enter (axis 1), what it needs computed
+(rollouts, demos, reference, old log-probs, temperature) and its loss over one update's rows.
+
+The registries `method` and `demo_entry` live here; each method module registers one bundle next to
+its settings model. Losses get tensors and plain values (`LossInputs`), never the run config.
+Imports torch, pydantic, algos and `duotune.config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from duotune import algos
+from duotune.config import Cfg
+from duotune.errors import ConfigError, did_you_mean
+from duotune.registry import Registry
+
+METHODS: Registry[Method] = Registry("method")
+DEMO_ENTRIES: Registry[DemoEntry] = Registry("demo_entry")
+
+
+@dataclass(frozen=True)
+class DemoEntry:
+    """Where demonstrations enter a step (axis 1)."""
+
+    on_policy: bool       # sample G rollouts per prompt
+    demo_in_group: bool   # one group member is the prompt's demo (LUFFY, SRFT, RL-PLUS)
+    demo_rows: bool       # demos as extra rows outside the groups (SFT, RL + SFT loss, CHORD)
+
+
+DEMO_ENTRIES.register("none", DemoEntry(True, False, False), help="rollouts only (GRPO)")
+DEMO_ENTRIES.register("group_member", DemoEntry(True, True, False),
+                      help="G-1 rollouts + the demo in one group (LUFFY, SRFT)")
+DEMO_ENTRIES.register("sft_batch", DemoEntry(True, False, True),
+                      help="G rollouts per prompt + the demos as a separate SFT batch (RL + SFT loss)")
+DEMO_ENTRIES.register("sft_only", DemoEntry(False, False, True), help="demos only, no rollouts (SFT)")
+
+
+class MethodSettings(Cfg):
+    """Base of every method's settings (the recipe's `algo:` block). Subclasses declare their fields;
+    these hooks say which shared machinery the method uses (default: none of it)."""
+
+    def kl_term(self) -> Any | None:
+        """The KL settings (`settings.FixedKLSettings` ...) when the method has a KL term."""
+        return None
+
+    def mini_batches(self) -> int:
+        """Disjoint updates per pass over a rollout batch (`ppo_mini_batches`)."""
+        return 1
+
+    def group_stats(self) -> tuple[str, float, bool] | None:
+        """(advantage estimator, eps, demos in the group statistics) for methods with groups."""
+        return None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one step must compute for a method; the step computes nothing else."""
+
+    rollouts: bool        # sample from the policy
+    demos: bool           # every training row needs a demonstration
+    reference: bool       # a frozen reference model (a KL term with a non-zero weight)
+    old_logp: bool        # log-probs of the sampling policy (a PPO ratio that can differ from 1)
+    temperature: float    # the temperature training log-probs are computed at (rollouts' T)
+
+
+class LossInputs(NamedTuple):
+    """What a method's loss sees besides the policy's log-probs/entropies [N, T] of one update."""
+
+    settings: Any               # the method's settings model
+    batch: Any                  # the update's rows (CollatedBatch)
+    mask: torch.Tensor          # [N, T] response tokens that enter the loss
+    rewards: torch.Tensor       # [N] total reward
+    correct: torch.Tensor       # [N] bool: the accuracy part of the reward says solved
+    advantages: torch.Tensor    # [N]
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None
+    beta: float                 # KL weight of this rollout batch
+    progress: float             # optimizer updates done / the stage's total, for mixing schedules
+    l_max: int                  # max completion length (sum_over_lmax normaliser)
+
+
+class LossOut(NamedTuple):
+    """A loss value, its metrics, and the KL it observed (token mean; None = no KL term)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    kl: float | None = None
+
+
+LossFn = Callable[[LossInputs, torch.Tensor, "torch.Tensor | None"], LossOut]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named bundle: typed settings, where demos enter, its loss, and the paper it comes from.
+
+    uses_ratio: the loss reads old log-probs (a PPO ratio); they are computed only when the ratio
+    can differ from 1 (a second update on the same samples). The entropy a loss receives carries
+    gradient only when the settings' `entropy_coef` != 0, unless `entropy_grad`."""
+
+    settings: type[MethodSettings]
+    demo_entry: DemoEntry
+    loss: LossFn
+    paper: str
+    uses_reward: bool = True
+    uses_ratio: bool = True
+    entropy_grad: bool = False
+
+    def needs(self, settings: MethodSettings, num_iterations: int, temperature: float) -> Needs:
+        e = self.demo_entry
+        kl = settings.kl_term()
+        reused = num_iterations > 1 or settings.mini_batches() > 1
+        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows,
+                     reference=kl is not None and kl.active(), old_logp=self.uses_ratio and reused,
+                     temperature=temperature if e.on_policy and temperature > 0 else 1.0)
+
+
+# Keys of the flat `algo` block before settings were per method: each names its new place.
+MIGRATIONS = {
+    "demo_gamma": "demo_weight: {name: luffy, gamma: ...} (luffy) or gamma: ... (srft)",
+    "srft_sft_weight_sign": "sft_weight_sign", "srft_entropy_granularity": "entropy_granularity",
+    "mix_schedule": "mix: {schedule: constant | warmup_cosine, ...}",
+    "policy_loss": "nothing: grpo always uses the clipped surrogate; luffy's on-policy clip is `clip: true`",
+}
+
+
+def settings_for(method: str, raw: Any, where: str = "algo") -> MethodSettings:
+    """Validate `raw` (the `algo` mapping) into `method`'s settings model, or one ConfigError naming
+    the key, the method and the keys it takes."""
+    m = METHODS.get(method)
+    if isinstance(raw, m.settings):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: method {method!r} settings must be a mapping, got {raw!r}")
+    try:
+        return m.settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_explain(method, m.settings, e)}") from None
+
+
+def _explain(method: str, model: type[BaseModel], err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        sub, path = _model_at(model, loc[:-1])
+        key = ".".join(path + loc[-1:])  # without the tags of tagged unions
+        valid = sorted(sub.model_fields)
+        hint = f" (moved: {loc[-1]} -> {MIGRATIONS[loc[-1]]})" if loc[-1] in MIGRATIONS else ""
+        where = f"{'.'.join(path)} of " if path else ""
+        return (f"method {method!r} does not take {key!r}{hint}; {where}{method} takes: {', '.join(valid)}"
+                + did_you_mean(loc[-1], valid) + f" (see `duotune list method {method}`)")
+    return f"{key}: {first['msg']} (got {first.get('input')!r}; method {method!r})"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> tuple[type[BaseModel], list[str]]:
+    """The sub-model reached by `loc`; a tagged union's tag in `loc` picks its member."""
+    path: list[str] = []
+    current: type[BaseModel] = model
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        field = current.model_fields.get(part)
+        if field is None:
+            break
+        members = _models_in(field.annotation)
+        if not members:
+            break
+        path.append(part)
+        if len(members) > 1 and parts:
+            tag = parts.pop(0)
+            members = [c for c in members if tag in {str(f.default) for f in c.model_fields.values()}] or members
+        current = members[0]
+    return current, path
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for a in getattr(ann, "__args__", ()) or ():
+        out += _models_in(a)
+    return out
+
+
+# ------------------------------------------------------------------ helpers the losses share
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_gradient(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None, rows: torch.Tensor,
+                    ) -> LossOut:
+    """GRPO on `rows`: clipped surrogate (+ beta * KL) aggregated, minus the entropy bonus (SPEC 1).
+
+    Reads the settings' clip range (`ClipSettings`), `aggregation`, `entropy_coef` and `kl`."""
+    s = inp.settings
+    mask = inp.mask * rows[:, None].to(inp.mask.dtype)
+    old = inp.old_logp if inp.old_logp is not None else logp.detach()
+    adv = inp.advantages[:, None].expand_as(logp)
+    tok, metrics = algos.ppo_clip_loss(logp, old, adv, mask, **s.clip_kwargs())
+    out = {f"pg/{k}": float(v) for k, v in metrics.items()}
+    observed = None
+    kl_cfg = s.kl_term()
+    if inp.ref_logp is not None and kl_cfg is not None:
+        kl = algos.kl_estimate(logp, inp.ref_logp, kl_cfg.estimator, clamp=kl_cfg.clamp)
+        observed = float(masked_mean(kl.detach(), mask))
+        out["kl/mean"] = observed
+        tok = tok + inp.beta * kl
+    loss = algos.aggregate(tok, mask, s.aggregation, l_max=inp.l_max)
+    out["loss/pg"] = float(loss.detach())
+    if ent is not None:
+        h = masked_mean(ent, mask)
+        out["entropy/on_policy"] = float(h.detach())
+        if s.entropy_coef:
+            loss = loss - s.entropy_coef * h
+    return LossOut(loss, out, observed)
+
+
+def demo_metrics(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> dict[str, float]:
+    """SPEC 6 logs: mean p on demo tokens, entropy over all tokens and over on-policy tokens."""
+    dm = inp.batch.demo_mask.to(logp.dtype)
+    out = {"demo/p_mean": float(masked_mean(logp.detach().exp(), dm))}
+    if ent is not None:
+        out["entropy/mean"] = float(masked_mean(ent.detach(), inp.mask))
+        out["entropy/on_policy"] = float(masked_mean(ent.detach(), inp.mask * (1 - dm)))
+    return out
+
+
+def demo_nll(inp: LossInputs, logp: torch.Tensor, weight: Any) -> torch.Tensor:
+    """Token mean over demo tokens of -J(logp), J the demo objective `weight` (1: NLL; p: DFT ...)."""
+    mask = inp.mask * inp.batch.is_demo[:, None].to(inp.mask.dtype)
+    j = algos.demo_objective(weight.name, logp, **weight.params())
+    return -masked_mean(j, mask)
+
+
+# ------------------------------------------------------------------ help text (`duotune list method NAME`)
+
+def describe_method(name: str) -> str:
+    """A method's paper, what it needs computed, and every setting with its default and description."""
+    m = METHODS.get(name)
+    e = m.demo_entry
+    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows)) if on]
+    if m.settings().kl_term() is not None:
+        needs.append("reference model (when the KL weight is not 0)")
+    needs.append("old log-probs when num_iterations or ppo_mini_batches > 1" if m.uses_ratio and e.on_policy
+                 else "no old log-probs")
+    rows = _setting_rows(m.settings)
+    width = max((len(k) for k, _, _ in rows), default=0)
+    lines = [f"method {name}: {METHODS.describe(name)}", f"  from: {m.paper}", f"  needs: {', '.join(needs)}",
+             "  settings (the recipe's `algo:` block, or algo.<key>=value):"]
+    lines += [f"    {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows]
+    return "\n".join(lines)
+
+
+TAGS = ("controller", "name", "schedule")  # the keys that pick a variant of a tagged setting
+
+
+def _setting_rows(model: type[BaseModel], prefix: str = "", tag: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) rows; a tagged setting lists its default variant's keys, then
+    each other variant's own keys marked with its tag."""
+    rows: list[tuple[str, str, str]] = []
+    for fname, f in model.model_fields.items():
+        if tag and fname in TAGS:
+            continue
+        members = _models_in(f.annotation)
+        if members:
+            default = type(f.get_default(call_default_factory=True))
+            for sub in sorted(members, key=lambda c: c is not default):
+                label = "" if sub is default else next(
+                    f" ({k}: {v.default})" for k, v in sub.model_fields.items() if k in TAGS)
+                rows += _setting_rows(sub, f"{prefix}{fname}.", label)
+            continue
+        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append((f"{prefix}{fname}{tag}", default, f.description or ""))
+    return rows

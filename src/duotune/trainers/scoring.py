@@ -1,0 +1,77 @@
+"""Scoring a step's rollout: rewards (weighted sum, and which rows the accuracy part calls solved)
+and group advantages over the [B, G] groups, with the metrics of both.
+
+Imports torch, algos and rewards; knows nothing of models or losses.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from duotune import algos
+from duotune.rewards import RewardManager
+
+
+@functools.lru_cache(maxsize=8)
+def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...]) -> RewardManager:
+    """One RewardManager per reward config, built once and reused across steps."""
+    return RewardManager(list(zip(names, weights)))
+
+
+def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(weighted reward sum per row (None = not applicable = 0), solved per row, metrics).
+
+    "Solved" reads the accuracy part of the rewards (`RewardManager.correct`): a format bonus alone
+    never counts. Means and stds are over on-policy rows only, so a demo in the group (LUFFY/SRFT)
+    does not inflate them; the demo's own mean is `reward/demo_mean`.
+    """
+    weights = tuple(cfg.weights or [1.0] * len(cfg.names))
+    manager = _reward_manager(tuple(cfg.names), weights)
+    totals, components, metrics = manager.score(list(rollout.texts), rollout.columns())
+    correct = torch.tensor(manager.correct(components), dtype=torch.bool)
+    demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
+    on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
+    for name, vals in components.items():
+        r = torch.tensor([0.0 if v is None else float(v) for v in vals])[on_policy]
+        metrics[f"reward/{name}/mean"] = float(r.mean())
+        metrics[f"reward/{name}/std"] = float(r.std(unbiased=False))
+    total = torch.tensor(totals, dtype=torch.float32)
+    metrics.update({"reward/mean": float(total[on_policy].mean()),
+                    "reward/std": float(total[on_policy].std(unbiased=False))})
+    if bool(demo.any()):
+        metrics["reward/demo_mean"] = float(total[demo].mean())
+    return total, correct, metrics
+
+
+def advantages(stats: tuple[str, float, bool] | None, rollout: Any, rewards: torch.Tensor,
+               correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Group advantages over the [B, G] groups; rows outside groups (demo rows) get 0.
+
+    stats = (estimator, eps, demos in the statistics) from the method's settings (axis 4: with the
+    last False the demo is left out of the mean/std, as RL-PLUS and TRAPO do); None = no groups.
+    """
+    gids = torch.tensor(rollout.group_ids)
+    adv = torch.zeros_like(rewards)
+    in_group = gids >= 0
+    if stats is None or not bool(in_group.any()):
+        return adv, {}
+    name, eps, demo_in_stats = stats
+    g = rollout.group_size
+    r = rewards[in_group].view(-1, g)
+    demo = torch.tensor(rollout.is_demo)[in_group].view(-1, g)
+    stats_mask = torch.ones_like(demo) if demo_in_stats else ~demo
+    a = algos.advantage(name)(r, eps=eps, include_in_stats=stats_mask)
+    adv[in_group] = a.reshape(-1).to(adv.dtype)
+    solved = correct[in_group].view(-1, g)
+    on = ~demo
+    m = {"adv/mean_abs": float(a.abs().mean()),
+         "frac_reward_zero_std": algos.frac_zero_std(rewards[in_group], gids[in_group]),
+         "groups/all_solved": float((solved | ~on).all(1).float().mean()),
+         "groups/none_solved": float((~solved | ~on).all(1).float().mean()),
+         "solve_rate/on_policy": float(solved[on].float().mean()) if bool(on.any()) else 0.0}
+    if bool(demo.any()):
+        m["solve_rate/demo"] = float(solved[demo].float().mean())
+    return adv, m
