@@ -170,6 +170,18 @@ def test_srft_never_computes_old_logprobs_and_grpo_reuse_does(tmp_path, data_fil
     assert calls == []  # one update, no KL: neither forward
 
 
+def test_each_prompt_is_encoded_once_per_step(tmp_path, data_file, monkeypatch):
+    """The sampler takes the step's encoded prompts: 2 prompts, 1 step -> 2 encodings (it was 4:
+    the trainer and the sampler each encoded them, for a VLM loading images twice)."""
+    from duotune.rollout.prompts import PromptEncoder
+
+    seen = []
+    real = PromptEncoder.encode
+    monkeypatch.setattr(PromptEncoder, "encode", lambda self, ex: seen.append(ex.id) or real(self, ex))
+    train(_cfg(tmp_path, data_file, "luffy", "steps=1"))
+    assert len(seen) == 2 and len(set(seen)) == 2
+
+
 def test_adaptive_kl_gets_the_observed_kl_and_the_sequences_of_the_step(tmp_path, data_file):
     """beta_{k+1} = beta_k (1 + clip(kl_k / target - 1, -0.2, 0.2) n / horizon), n = 2 prompts x G 4
     = 8 sequences (the trainer passed n = 1 before)."""
