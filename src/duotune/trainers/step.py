@@ -117,10 +117,11 @@ def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch]:
                             seed=cfg.run.seed * 7919 + step * 104729 + acc.process_index)
     group_size = cfg.rollout.group_size if entry.on_policy else 0
     n_expert = cfg.algo.expert_rows(len(examples) * group_size) if entry.expert_rows else 0
-    # The expert batch is its own seeded stream over the training rows (resumes like the prompts).
+    # The expert batch is its own seeded, always shuffled stream over the training rows (resumes like
+    # the prompts; unshuffled it would read the step's own prompts at step 0).
     experts = [st.examples[i] for i in prompt_indices(len(st.examples), n_expert, step, acc.process_index,
                                                       acc.num_processes, cfg.run.seed + EXPERT_SEED,
-                                                      cfg.data.shuffle)] if n_expert else []
+                                                      True)] if n_expert else []
     rollout = build_groups(st.sampler, st.encoder, examples, params, group_size=group_size,
                            demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
                            max_completion_length=cfg.rollout.max_completion_length, expert_demos=experts)

@@ -14,7 +14,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat
 
 from duotune import algos
 from duotune.config import Cfg
@@ -51,7 +51,7 @@ class SoftGate(Cfg):
     """HPT's soft table: (RL weight, SFT weight) by the number of solved rollouts."""
 
     name: Literal["soft"] = Field("soft", description="switch | soft")
-    table: list[tuple[float, float]] = Field(
+    table: list[tuple[NonNegativeFloat, NonNegativeFloat]] = Field(
         list(algos.gates.HPT_SOFT_TABLE), min_length=1,
         description="row k = [rl_weight, sft_weight] with k rollouts solved, the last row for more (HPT "
                     "release soft_type 0, off-policy column dropped)")
