@@ -1,15 +1,16 @@
 """duotune.algos: the algorithm core as pure functions on tensors, registered by name.
 
-Advantages, policy losses (PPO clip, LUFFY mixed-policy, SRFT, SFT NLL), demo-token weights,
-mixing schedules, aggregation, KL estimators and controllers, entropy. No models, no I/O, no
-config objects: explicit tensors and scalars in, (value, metrics) out. Imports torch, duotune.errors
-and duotune.registry only.
+Advantages, policy losses (PPO clip, LUFFY mixed-policy, SRFT, RL-PLUS, SFT NLL), demo-token
+weights, mixing schedules, per-question gates (HPT), aggregation, KL estimators and controllers,
+entropy. No models, no I/O, no config objects: explicit tensors and scalars in, (value, metrics)
+out. Imports torch, duotune.errors and duotune.registry only.
 """
 
 from duotune.algos.advantages import ADVANTAGES, advantage, frac_zero_std, group_advantages, grouped_advantages
 from duotune.algos.aggregation import AGGREGATIONS, aggregate
 from duotune.algos.demo import DEMO_WEIGHTS, demo_objective, demo_weight, luffy_shaping
 from duotune.algos.entropy import entropy_from_logits
+from duotune.algos.gates import GATES, gate
 from duotune.algos.kl import (
                                       KL_CONTROLLERS,
                                       KL_ESTIMATORS,
@@ -21,6 +22,7 @@ from duotune.algos.kl import (
                                       kl_estimate,
 )
 from duotune.algos.losses import POLICY_LOSSES, mixed_policy_loss, policy_loss, ppo_clip_loss, sft_nll
+from duotune.algos.rl_plus import exploration_advantage, mis_ratio, rl_plus_loss
 from duotune.algos.schedules import MIX_SCHEDULES, mix_schedule
 from duotune.algos.srft import srft_loss
 
@@ -30,4 +32,5 @@ __all__ = [
     "build_kl_controller", "demo_objective", "demo_weight", "entropy_from_logits", "frac_zero_std",
     "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "luffy_shaping",
     "mix_schedule", "mixed_policy_loss", "policy_loss", "ppo_clip_loss", "sft_nll", "srft_loss",
+    "GATES", "exploration_advantage", "gate", "mis_ratio", "rl_plus_loss",
 ]

@@ -14,6 +14,8 @@ from duotune.config import Cfg
 
 DEFAULT_METHODS = ["base", "sft", "grpo", "grpo_d", "sft_then_grpo", "grpo_then_sft", "rl_sft_loss",
                    "luffy", "srft"]
+# The SFT+RL successors (issue 19): CHORD, HPT / SuperRL, ReLIFT, RL-PLUS.
+DEFAULT_METHODS += ["chord_mu", "chord_phi", "hpt", "superrl", "relift", "rl_plus"]
 
 
 class TaskSourceCfg(Cfg):

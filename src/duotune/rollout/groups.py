@@ -33,6 +33,7 @@ class Rollout:
     truncated: list[bool] = field(default_factory=list)
     source: list[int] = field(default_factory=list)  # index into examples/prompts per row
     logprobs: list[list[float] | None] = field(default_factory=list)  # the sampler's, per token (None: demo)
+    n_expert: int = 0  # the last n examples are a separate draw of demos (expert rows), not step prompts
 
     def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool,
             logprobs: list[float] | None = None) -> None:
@@ -61,22 +62,26 @@ def _demo_ids(encoder: PromptEncoder, ex: Example, max_len: int) -> tuple[list[i
 
 def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequence[Example],
                  params: SamplingParams | None, *, group_size: int, demo_in_group: bool,
-                 demo_rows: bool, max_completion_length: int) -> Rollout:
+                 demo_rows: bool, max_completion_length: int, expert_demos: Sequence[Example] = ()) -> Rollout:
     """Sample the step's sequences.
 
     group_size G: members per prompt; with demo_in_group one of them is the prompt's demo (LUFFY,
     SRFT: G-1 rollouts + 1 demonstration in one group; SPEC 5), scored by the same reward.
     demo_rows: append each prompt's demo as a row outside every group (SFT, RL + SFT loss; SPEC 7).
+    expert_demos: examples whose demos are appended as rows outside every group, after the step's
+    prompts (CHORD's expert batch: a separate draw, not the step's prompts' demos).
     Demos are the assistant turn + EOS, truncated to max_completion_length.
     """
+    experts = list(expert_demos)
     examples = list(examples)
-    out = Rollout(examples, [encoder.encode(ex) for ex in examples], group_size)  # the step's one encoding
+    out = Rollout(examples + experts, [encoder.encode(ex) for ex in examples + experts], group_size,
+                  n_expert=len(experts))  # the step's one encoding
     n_sampled = group_size - int(demo_in_group)
     samples: list[list[Any]] = [[] for _ in examples]
     if group_size > 0 and n_sampled > 0:
         if sampler is None or params is None:
             raise ValueError("build_groups needs a sampler and params when rollouts are requested")
-        samples = sampler.generate(out.prompts, SamplingParams(
+        samples = sampler.generate(out.prompts[:len(examples)], SamplingParams(
             n=n_sampled, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
             max_new_tokens=max_completion_length, seed=params.seed))
     for b, ex in enumerate(examples):
@@ -91,6 +96,9 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
         for b, ex in enumerate(examples):
             ids, cut = _demo_ids(encoder, ex, max_completion_length)
             out.add(b, -1, ids, encoder.tokenizer.decode(ids, skip_special_tokens=True), True, cut)
+    for j, ex in enumerate(experts):
+        ids, cut = _demo_ids(encoder, ex, max_completion_length)
+        out.add(len(examples) + j, -1, ids, encoder.tokenizer.decode(ids, skip_special_tokens=True), True, cut)
     return out
 
 

@@ -163,6 +163,7 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
                     reference=_reference(cfg, needs, k, bundle, run_dir, state is not None, accelerator),
                     optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
                     accelerator=accelerator, logger=logger, total_updates=total_opt)
+    st.post_update = cfg.algo.post_update_hook(st)
     step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -170,6 +171,8 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         if kl is not None and state.get("kl"):
             kl.load_state_dict(state["kl"])
         st.bad_in_row = int(state["bad_in_row"])
+        if st.post_update is not None and state.get("method_state"):
+            st.post_update.load_state_dict(state["method_state"])
         step = int(state["global_step"]) - begin
         ckpt.set_rng_state(state["rng"])
     while step < cfg.steps:
@@ -196,7 +199,9 @@ def _save(st: StageState, run_dir: Path, global_step: int) -> Path | None:
         path = ckpt.save_checkpoint(run_dir, global_step, st.bundle, {
             "global_step": global_step, "optimizer": st.optimizer.state_dict(),
             "scheduler": st.scheduler.state_dict(), "kl": st.kl.state_dict() if st.kl is not None else {},
-            "bad_in_row": st.bad_in_row}, st.cfg.run.keep_last)
+            "bad_in_row": st.bad_in_row,
+            "method_state": st.post_update.state_dict() if st.post_update is not None else {}},
+            st.cfg.run.keep_last)
     st.accelerator.wait_for_everyone()
     return path
 

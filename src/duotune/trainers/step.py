@@ -1,6 +1,7 @@
 """One training step, top to bottom: sample the groups, score them, compute advantages, the
 reference and old log-probs the method needs, then `num_iterations` passes of `ppo_mini_batches`
-updates with the method's loss, then the KL controller; returns one metrics record (SPEC 6).
+updates with the method's loss, then the method's post-update hook (ReLIFT) and the KL controller;
+returns one metrics record (SPEC 6).
 
 Data flow as in DESIGN.md "How data flows in one RL step"; the method supplies its settings, its
 needs and its loss. Imports torch, rollout, `trainers.scoring` and `trainers.compute`.
@@ -23,6 +24,8 @@ from duotune.trainers.methods import LossInputs, Method, Needs
 from duotune.trainers.optim import all_reduce_grads, prompt_indices
 from duotune.trainers.scoring import advantages, score_rollout
 
+EXPERT_SEED = 7_777_777  # offsets run.seed for the expert batch's own stream over the training rows
+
 
 @dataclass
 class StageState:
@@ -44,6 +47,7 @@ class StageState:
     total_updates: int      # optimizer updates of the stage (mixing schedules' denominator)
     bad_in_row: int = 0
     opt_steps: int = 0
+    post_update: Any = None  # the method's PostUpdate hook (`MethodSettings.post_update_hook`), or None
 
 
 def train_step(st: StageState, step: int) -> dict[str, Any]:
@@ -53,7 +57,7 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     rollout, batch = _rollout(st, step)
     t_roll = time.perf_counter() - t0
-    record: dict[str, Any] = {"n_prompts": float(len(rollout.examples))}
+    record: dict[str, Any] = {"n_prompts": float(len(rollout.examples) - rollout.n_expert)}
     if st.method.uses_reward:
         batch.rewards, batch.correct, rmetrics = score_rollout(rollout, cfg.reward)
         record.update(rmetrics)
@@ -86,6 +90,8 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
                 observed_kl.append(kl)
     record.update({k: sum(v) / len(v) for k, v in updates.items()})
     t_train = time.perf_counter() - t1
+    if st.post_update is not None:  # e.g. ReLIFT's SFT update on its buffer of failed questions
+        record.update(st.post_update(st, step, rollout, batch))
     if st.kl is not None:  # once per rollout step, with the KL the loss observed and its sample count
         n = int((~batch.is_demo).sum()) * st.accelerator.num_processes
         st.kl.update(sum(observed_kl) / max(1, len(observed_kl)), step + 1, n_samples=n)
@@ -109,21 +115,34 @@ def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch]:
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_completion_length,
                             # a pure function of (seed, step, rank): resuming resamples identically
                             seed=cfg.run.seed * 7919 + step * 104729 + acc.process_index)
-    rollout = build_groups(st.sampler, st.encoder, examples, params,
-                           group_size=cfg.rollout.group_size if entry.on_policy else 0,
+    group_size = cfg.rollout.group_size if entry.on_policy else 0
+    n_expert = cfg.algo.expert_rows(len(examples) * group_size) if entry.expert_rows else 0
+    # The expert batch is its own seeded, always shuffled stream over the training rows (resumes like
+    # the prompts; unshuffled it would read the step's own prompts at step 0).
+    experts = [st.examples[i] for i in prompt_indices(len(st.examples), n_expert, step, acc.process_index,
+                                                      acc.num_processes, cfg.run.seed + EXPERT_SEED,
+                                                      True)] if n_expert else []
+    rollout = build_groups(st.sampler, st.encoder, examples, params, group_size=group_size,
                            demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
-                           max_completion_length=cfg.rollout.max_completion_length)
+                           max_completion_length=cfg.rollout.max_completion_length, expert_demos=experts)
     return rollout, collate(rollout, st.encoder)
 
 
 def mini_batches(batch: CollatedBatch, k: int) -> list[torch.Tensor]:
     """Row indices of k disjoint mini-batches of whole prompts (a prompt's group and its demo rows
-    stay together), in prompt order, as verl's PPO mini-batches split the rollout batch."""
+    stay together), in prompt order, as verl's PPO mini-batches split the rollout batch. Prompts
+    with no group row (an expert batch) are dealt evenly across the mini-batches."""
     prompts = torch.unique(batch.prompt_index)
-    if k > len(prompts):
-        raise DuotuneError(f"algo.ppo_mini_batches={k} is more than the {len(prompts)} prompts of a step; "
+    grouped = torch.unique(batch.prompt_index[batch.group_ids >= 0])
+    if len(grouped) == 0:
+        grouped = prompts
+    if k > len(grouped):
+        raise DuotuneError(f"algo.ppo_mini_batches={k} is more than the {len(grouped)} prompts of a step; "
                            f"lower it or raise prompts_per_step")
-    return [torch.isin(batch.prompt_index, chunk).nonzero().flatten() for chunk in prompts.chunk(k)]
+    chunks = list(grouped.chunk(k))
+    others = prompts[~torch.isin(prompts, grouped)]
+    chunks = [torch.cat([c, o]) for c, o in zip(chunks, others.tensor_split(len(chunks)))]
+    return [torch.isin(batch.prompt_index, chunk).nonzero().flatten() for chunk in chunks]
 
 
 def _rows(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:

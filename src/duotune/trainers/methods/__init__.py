@@ -6,7 +6,17 @@ axes 2-4 (demo-token weight, mixing schedule, group statistics) are settings of 
 them. Importing this package fills the `method` and `demo_entry` registries.
 """
 
-from duotune.trainers.methods import grpo, luffy, rl_sft_loss, sft, srft  # noqa: F401 - register
+from duotune.trainers.methods import (  # noqa: F401 - register
+    chord,
+    grpo,
+    hpt,
+    luffy,
+    relift,
+    rl_plus,
+    rl_sft_loss,
+    sft,
+    srft,
+)
 from duotune.trainers.methods.base import (
                                            DEMO_ENTRIES,
                                            METHODS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -30,7 +30,10 @@ class DemoEntry:
 
     on_policy: bool       # sample G rollouts per prompt
     demo_in_group: bool   # one group member is the prompt's demo (LUFFY, SRFT, RL-PLUS)
-    demo_rows: bool       # demos as extra rows outside the groups (SFT, RL + SFT loss, CHORD)
+    demo_rows: bool       # demos as extra rows outside the groups (SFT, RL + SFT loss)
+    # a separate draw of demos (not the step's prompts') as extra rows outside the groups, as many as
+    # the settings' `expert_rows` asks for (CHORD's expert batch)
+    expert_rows: bool = False
 
 
 DEMO_ENTRIES.register("none", DemoEntry(True, False, False), help="rollouts only (GRPO)")
@@ -39,6 +42,8 @@ DEMO_ENTRIES.register("group_member", DemoEntry(True, True, False),
 DEMO_ENTRIES.register("sft_batch", DemoEntry(True, False, True),
                       help="G rollouts per prompt + the demos as a separate SFT batch (RL + SFT loss)")
 DEMO_ENTRIES.register("sft_only", DemoEntry(False, False, True), help="demos only, no rollouts (SFT)")
+DEMO_ENTRIES.register("expert_batch", DemoEntry(True, False, False, expert_rows=True),
+                      help="G rollouts per prompt + a separate draw of demos as an expert batch (CHORD)")
 
 
 class MethodSettings(Cfg):
@@ -56,6 +61,27 @@ class MethodSettings(Cfg):
     def group_stats(self) -> tuple[str, float, bool] | None:
         """(advantage estimator, eps, demos in the group statistics) for methods with groups."""
         return None
+
+    def expert_rows(self, n_rollouts: int) -> int:
+        """Demonstrations drawn per step besides the step's prompts, given its number of rollouts
+        (read only by the `expert_batch` demo entry; CHORD's expert ratio)."""
+        return 0
+
+    def post_update_hook(self, stage: Any) -> PostUpdate | None:
+        """The method's work after each step's RL updates (ReLIFT's SFT on failed questions), built
+        once per stage from its `StageState`; None = nothing to do."""
+        return None
+
+
+class PostUpdate(Protocol):
+    """Called by the step after its RL updates with (stage state, step, rollout, scored batch); returns
+    metrics. Its state (plain data and tensors) is saved in checkpoints and restored on resume."""
+
+    def __call__(self, stage: Any, step: int, rollout: Any, batch: Any) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +142,7 @@ class Method:
         e = self.demo_entry
         kl = settings.kl_term()
         reused = num_iterations > 1 or settings.mini_batches() > 1
-        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows,
+        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows or e.expert_rows,
                      reference=kl is not None and kl.active(), old_logp=self.uses_ratio and reused,
                      temperature=temperature if e.on_policy and temperature > 0 else 1.0)
 
@@ -248,7 +274,8 @@ def describe_method(name: str) -> str:
     """A method's paper, what it needs computed, and every setting with its default and description."""
     m = METHODS.get(name)
     e = m.demo_entry
-    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows)) if on]
+    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows),
+                             ("expert demos (a separate draw)", e.expert_rows)) if on]
     if m.settings().kl_term() is not None:
         needs.append("reference model (when the KL weight is not 0)")
     needs.append("old log-probs when num_iterations or ppo_mini_batches > 1" if m.uses_ratio and e.on_policy
@@ -264,21 +291,24 @@ def describe_method(name: str) -> str:
 TAGS = ("controller", "name", "schedule")  # the keys that pick a variant of a tagged setting
 
 
-def _setting_rows(model: type[BaseModel], prefix: str = "", tag: str = "") -> list[tuple[str, str, str]]:
+def _setting_rows(model: type[BaseModel], prefix: str = "", tag: str = "",
+                  instance: BaseModel | None = None) -> list[tuple[str, str, str]]:
     """(key, default, description) rows; a tagged setting lists its default variant's keys, then
-    each other variant's own keys marked with its tag."""
+    each other variant's own keys marked with its tag. `instance`: the method's default value of
+    this sub-setting (e.g. CHORD-phi's constant mu 0.1), whose values are the defaults shown."""
     rows: list[tuple[str, str, str]] = []
     for fname, f in model.model_fields.items():
         if tag and fname in TAGS:
             continue
+        value = getattr(instance, fname) if instance is not None else f.get_default(call_default_factory=True)
         members = _models_in(f.annotation)
         if members:
-            default = type(f.get_default(call_default_factory=True))
+            default = type(value)
             for sub in sorted(members, key=lambda c: c is not default):
                 label = "" if sub is default else next(
                     f" ({k}: {v.default})" for k, v in sub.model_fields.items() if k in TAGS)
-                rows += _setting_rows(sub, f"{prefix}{fname}.", label)
+                rows += _setting_rows(sub, f"{prefix}{fname}.", label, value if sub is default else None)
             continue
-        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        default = "(required)" if f.is_required() and instance is None else repr(value)
         rows.append((f"{prefix}{fname}{tag}", default, f.description or ""))
     return rows
