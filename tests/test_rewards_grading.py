@@ -39,12 +39,18 @@ MATH_CASES = [
     ("\\boxed{3}", "4", 0.0),
     ("\\boxed{0.51}", "0.5", 0.0),
     ("\\boxed{-3}", "-3", 1.0),
-    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 1.0),
-    ("#### 1,000", "1000", 1.0),
-    ("The answer is 3.5.", "7/2", 1.0),
+    # strict reads only <answer> and \boxed{}: these stated answers are the lenient mode's
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 0.0),
+    ("The answer is 3.5.", "7/2", 0.0),
     ("<answer>\\boxed{9}</answer>", "9", 1.0),
     ("<answer>12</answer>", "\\boxed{12}", 1.0),              # boxed gold is unwrapped
     ("\\boxed{1} first, then \\boxed{2}", "2", 1.0),
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1, 2, 3\\}", 1.0),    # several boxes: one set
+    ("\\boxed{1} and \\boxed{2}", "$\\boxed{1}\\boxed{2}$", 1.0),          # ... and several in the gold
+    ("\\boxed{1} and \\boxed{2}", "\\{1, 2, 3\\}", 0.0),
+    ("\\boxed{2} and \\boxed{1}", "(1, 2)", 0.0),                        # a tuple keeps its order
+    ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{e}", 1.0),      # math-verify drops \mathrm{e}
+    ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", 0.0),
     ("\\fbox{6}", "6", 1.0),
     ("I computed 17 apples", "17", 0.0),                      # no final-number fallback by default
     ("", "5", 0.0),
@@ -63,9 +69,32 @@ def test_math_reward_fixtures(pool):
     assert reward.stats["timeouts"] == 0
 
 
-def test_math_last_number_when_asked(pool):
-    reward = get_reward("math", allow_last_number=True, pool=pool)
-    assert reward(["I computed 17 apples", "about 1,000 in all"], answer=["17", "1000"]) == [1.0, 1.0]
+LENIENT_CASES = [  # (completion, gold, strict, lenient)
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 0.0, 1.0),
+    ("#### 1,000", "1000", 0.0, 1.0),
+    ("The answer is 3.5.", "7/2", 0.0, 1.0),
+    ("I computed 17 apples", "17", 0.0, 1.0),                   # the last number
+    ("about 1,000 in all", "1000", 0.0, 1.0),
+    ("Therefore $x \\geq 5$ is the solution.", "[5, \\infty)", 0.0, 1.0),
+    ("The final answer is $10,455$.", "10455", 0.0, 1.0),
+    ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "10455", 0.0, 1.0),  # a later phrase wins
+    ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "255", 1.0, 0.0),
+    ("\\boxed{12 $ and $13 }. $ Final Answer: The final answer is $12$ and $13$.", "12, 13", 1.0, 1.0),
+    ("So \\boxed{7}. The answer is correct.", "7", 1.0, 1.0),  # "answer is" after a box is no answer
+    ("no answer here", "8", 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+def test_math_modes(pool, mode):
+    reward = get_reward("math", mode=mode, pool=pool)
+    comps, golds, strict, lenient = zip(*LENIENT_CASES)
+    assert reward(list(comps), answer=list(golds)) == list(strict if mode == "strict" else lenient)
+
+
+def test_math_mode_is_checked():
+    with pytest.raises(ConfigError, match="extraction mode 'loose'.*'strict'.*'lenient'"):
+        get_reward("math", mode="loose")
 
 
 def test_unparseable_gold_is_none_and_counted(pool):
@@ -88,10 +117,11 @@ def test_math_equal_is_the_shared_verifier():
     assert math_equal("<answer>7</answer>", "8") is False
     assert math_equal("no answer here", "8") is False
     box: list[bool] = []
-    worker = threading.Thread(target=lambda: box.append(math_equal("#### 1,000", "1000")))
+    worker = threading.Thread(target=lambda: box.append(math_equal("#### 1,000", "1000", mode="lenient")))
     worker.start()
     worker.join()
     assert box == [True]                                     # fine off the main thread too
+    assert math_equal("#### 1,000", "1000") is False         # strict is the default
 
 
 def test_accuracy_format_r1v(pool):

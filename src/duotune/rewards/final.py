@@ -1,0 +1,199 @@
+"""The final answer of a completion in one of two extraction modes, shared by every math-verify reward,
+`math_equal` and the eval (docs: `final_answer`). Pure string work in linear time; imports only the
+standard library, `duotune.errors` and the rewards' own extraction helpers (never math-verify).
+"""
+
+from __future__ import annotations
+
+import re
+
+from duotune.errors import ConfigError
+from duotune.rewards.extract import answer_tag, box_spans
+
+EXTRACTION_MODES = ("strict", "lenient")
+
+# Strong markers: a final-answer phrase written after the last box replaces it (lenient).
+_STRONG = re.compile(
+    r"final\s+answer(?:\*\*)?\s*(?:is\b|[:：=])|####|最终答案\s*(?:是|为|[:：])?|réponse\s+finale\s*(?:est\b|[:：])?"
+    r"|endgültige\s+antwort\s*(?:ist\b|lautet\b|[:：])?|respuesta\s+final\s*(?:es\b|[:：])?", re.IGNORECASE)
+# Weak markers are read only when the completion has no box at all ("the answer is correct" after a box).
+_WEAK = re.compile(
+    r"\banswer(?:\*\*)?\s*(?:is\b|should\s+be\b|[:：=])|答案\s*(?:是|为|[:：])|答えは|réponse\s+est\b"
+    r"|antwort\s+(?:ist|lautet)\b|respuesta\s+es\b|resposta\s+é|risposta\s+è|ответ\s*(?:[:：]|равен)",
+    re.IGNORECASE)
+# Inline maths delimiters; `\$` is a dollar sign and `\\` a LaTeX line break, never a delimiter.
+_MATH_TOKEN = re.compile(r"\\\\|\\\$|\$\$|\$|\\\(|\\\)|\\\[|\\\]")
+_CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
+# Text between two spans (or boxes) that lists them as one answer: "$1$, $2$ and $3$".
+_JOINER = re.compile(r"[\s,;、，]*(?:(?:and|or|et|und|y|o|e|и|или|和|或|及)[\s,;]*)?", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"。|[.!?](?:\s|$)|\bI hope\b")
+_PLAIN_NUMBER = re.compile(
+    r"[-+]?(?:\d{1,3}(?:(?:,|[ \u00a0\u2009\u202f])\d{3})+(?!\d)(?:[.,]\d+)?|\d+(?:[.,]\d+)?(?:/\d+)?|\.\d+)"
+    r"(?:\s*%)?")
+_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥)\s*")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_VALUE_WINDOW = 600  # characters read after a phrase: a final answer is short
+
+
+def check_mode(mode: str) -> str:
+    """`mode` when it is an extraction mode, else a ConfigError naming the valid ones."""
+    if mode not in EXTRACTION_MODES:
+        raise ConfigError(f"extraction mode {mode!r} is not valid; use 'strict' (the final \\boxed{{}} or "
+                          "<answer>, as in training) or 'lenient' (also 'the final answer is ...', inline "
+                          "maths and the last number, as in evaluation reports)")
+    return mode
+
+
+def final_answer(text: str, mode: str = "strict") -> tuple[str, ...] | None:
+    """The answer a completion states, as its parts (one part, or several for a multi-part answer).
+
+    strict (training rewards, the papers' protocol): the last `<answer>...</answer>`, else the final
+      `\\boxed{}` (or `\\fbox{}`) with the boxes listed just before it ("\\boxed{1} and \\boxed{2}");
+      nothing else counts.
+    lenient (evaluation reports, like lighteval's extractive match): the same, but a final-answer
+      phrase ("The final answer is $x$", "#### 18", "Réponse finale : 7") written after the last box
+      wins over it; without a box, the last final-answer phrase, then the last "answer is/answer:"
+      phrase (also Chinese, French, German, Spanish, Portuguese, Italian, Russian), then the last
+      inline-maths span ($..$, $$..$$, \\(..\\), \\[..\\], with spans listed before it), then the last
+      plain number ("18", "1 000", "2,5", "12%").
+    The verifier compares the parts as one set/tuple when the gold has several parts, else the last
+    part. Returns None when the mode finds no answer (the reward then scores 0).
+    """
+    check_mode(mode)
+    if not text:
+        return None
+    tag = answer_tag(text)
+    if tag:
+        return _region(tag)
+    boxes = _box_group(text)
+    if mode == "strict":
+        return boxes[0] if boxes else None
+    strong = _last_phrase(text, _STRONG)
+    if boxes and not (strong and strong[0] > boxes[1]):
+        return boxes[0]
+    if strong:
+        return strong[1]
+    for found in (_last_phrase(text, _WEAK), _span_group(text, _math_spans(text))):
+        if found:
+            return found[1]
+    number = _last_number(text)
+    return (number,) if number else None
+
+
+def answer_text(parts: tuple[str, ...] | None) -> str | None:
+    """One string for an extracted answer (records, majority votes): its parts joined by ', '."""
+    return ", ".join(parts) if parts else None
+
+
+def _clean(part: str) -> str:
+    """An answer part without stray maths delimiters, markdown bold, quotes or final punctuation
+    (`\\boxed{12 $ and $13}` reads "12 and 13": a `$` inside a box only closed and reopened maths)."""
+    value = part.strip()
+    for _ in range(3):  # wrappers nest at most a few levels
+        before = value
+        value = re.sub(r"(?<!\\)\$", " ", value).strip().strip("*\"'“”«»`").strip()
+        value = re.sub(r"[.,;:。]+$", "", value).strip()
+        spans = box_spans(value)
+        if len(spans) == 1 and spans[0][0] == 0 and spans[0][2] == len(value) - 1:
+            value = value[spans[0][1]:spans[0][2]]
+        if value == before:
+            break
+    return " ".join(value.split())
+
+
+def _parts(raw: list[str]) -> tuple[str, ...] | None:
+    parts = tuple(p for p in (_clean(r) for r in raw) if p)
+    return parts or None
+
+
+def _box_group(text: str) -> tuple[tuple[str, ...], int] | None:
+    """(parts, end) of the final box and the boxes listed just before it (gaps of at most 40
+    characters, within one sentence); None without a non-empty balanced box."""
+    spans = box_spans(text)
+    if not spans:
+        return None
+    group = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        gap = text[prev[2] + 1:group[0][0]]
+        if len(gap) > 40 or "\n\n" in gap or _SENTENCE_END.search(gap):
+            break
+        group.insert(0, prev)
+    parts = _parts([text[start:end] for _, start, end in group])
+    return (parts, group[-1][2]) if parts else None
+
+
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, contents) of the inline/display maths spans, found in one pass over delimiters."""
+    spans: list[tuple[int, int, str]] = []
+    opener: tuple[str, int, int] | None = None
+    for m in _MATH_TOKEN.finditer(text):
+        token = m.group()
+        if opener is None:
+            if token in _CLOSER:
+                opener = (token, m.start(), m.end())
+        elif token == _CLOSER[opener[0]] or (opener[0] == "$" and token == "$$"):
+            spans.append((opener[1], m.end(), text[opener[2]:m.start()]))
+            opener = None
+    return spans
+
+
+def _span_group(text: str, spans: list[tuple[int, int, str]]) -> tuple[int, tuple[str, ...]] | None:
+    """The last span with the spans listed just before it ("$1$, $2$ and $3$")."""
+    if not spans:
+        return None
+    group = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        if not _JOINER.fullmatch(text[prev[1]:group[0][0]]):
+            break
+        group.insert(0, prev)
+    parts = _parts([contents for _, _, contents in group])
+    return (group[0][0], parts) if parts else None
+
+
+def _last_phrase(text: str, pattern: re.Pattern[str]) -> tuple[int, tuple[str, ...]] | None:
+    """(start, parts) of the value after the last match of `pattern` that has one."""
+    found = None
+    for found in pattern.finditer(text):  # noqa: B007 - keep the last match
+        pass
+    if found is None:
+        return None
+    value = _phrase_value(text[found.end():found.end() + _VALUE_WINDOW])
+    return (found.start(), value) if value else None
+
+
+def _phrase_value(rest: str) -> tuple[str, ...] | None:
+    """What a phrase states: its box or maths spans, else its words to the end of the sentence
+    (a leading number alone when words follow it: "18 dollars" is 18)."""
+    rest = rest.lstrip(" \t\n*:：-—=")
+    line = rest if rest.startswith(("$$", "\\[")) else rest.split("\n", 1)[0]
+    boxes = _box_group(line)
+    if boxes:
+        return boxes[0]
+    cut = _SENTENCE_END.search(line)
+    spans = _math_spans(line)
+    if spans and not (cut and cut.start() < spans[0][0]) and not re.search(r"\d", line[:spans[0][0]]):
+        group = [spans[0]]
+        for nxt in spans[1:]:
+            if not _JOINER.fullmatch(line[group[-1][1]:nxt[0]]):
+                break
+            group.append(nxt)
+        return _parts([contents for _, _, contents in group])
+    value = _clean(line[:cut.start()] if cut else line)
+    if _WORD.search(value):
+        number = _PLAIN_NUMBER.match(_CURRENCY.sub("", value))
+        if number:
+            return (number.group().strip(),)
+    return (value,) if value else None
+
+
+def _region(contents: str) -> tuple[str, ...] | None:
+    """The parts of an `<answer>` region: its box group when it has one, else all of it."""
+    boxes = _box_group(contents)
+    return boxes[0] if boxes else _parts([contents])
+
+
+def _last_number(text: str) -> str | None:
+    found = None
+    for found in _PLAIN_NUMBER.finditer(text):  # noqa: B007 - keep the last match
+        pass
+    return found.group().strip() if found else None
