@@ -24,15 +24,21 @@ _WEAK = re.compile(
 # Inline maths delimiters; `\$` is a dollar sign and `\\` a LaTeX line break, never a delimiter.
 _MATH_TOKEN = re.compile(r"\\\\|\\\$|\$\$|\$|\\\(|\\\)|\\\[|\\\]")
 _CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
-# Text between two spans (or boxes) that lists them as one answer: "$1$, $2$ and $3$".
+# Text between two spans that lists them as one answer: "$1$, $2$ and $3$".
 _JOINER = re.compile(r"[\s,;、，]*(?:(?:and|or|et|und|y|o|e|и|или|和|或|及)[\s,;]*)?", re.IGNORECASE)
+# ... and between two boxes, which may also name what each holds: "x = \boxed{-2} or x = \boxed{2}".
+_BOX_JOINER = re.compile(r"[\s,;$、，]*(?:(?:and|or|et|und|y|o|e|и|или|和|或|及)[\s,;$]*)?"
+                         r"(?:\\?[A-Za-z]\w*(?:_\{?\w+\}?)?\s*=\s*)?[\s$]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"。|[.!?](?:\s|$)|\bI hope\b")
 _PLAIN_NUMBER = re.compile(
     r"[-+]?(?:\d{1,3}(?:(?:,|[ \u00a0\u2009\u202f])\d{3})+(?!\d)(?:[.,]\d+)?|\d+(?:[.,]\d+)?(?:/\d+)?|\.\d+)"
     r"(?:\s*%)?")
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥)\s*")
-_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_WORD = re.compile(r"(?<![\\\w])[^\W\d_]{2,}")  # a word (any script), not a LaTeX command
 _VALUE_WINDOW = 600  # characters read after a phrase: a final answer is short
+_TAIL_CHARS = 20_000  # lenient phrases, spans and numbers are read in the last 20,000 characters
+_MAX_PARTS = 32  # a listed answer has a few parts; a longer run of spans is prose (and bounds the work)
+_MAX_TEXT_WORDS = 4  # "the answer is not 6; after fixing the sign it is 5" states no text answer
 
 
 def check_mode(mode: str) -> str:
@@ -48,16 +54,19 @@ def final_answer(text: str, mode: str = "strict") -> tuple[str, ...] | None:
     """The answer a completion states, as its parts (one part, or several for a multi-part answer).
 
     strict (training rewards, the papers' protocol): the last `<answer>...</answer>`, else the final
-      `\\boxed{}` (or `\\fbox{}`) with the boxes listed just before it ("\\boxed{1} and \\boxed{2}");
-      nothing else counts.
-    lenient (evaluation reports, like lighteval's extractive match): the same, but a final-answer
-      phrase ("The final answer is $x$", "#### 18", "Réponse finale : 7") written after the last box
-      wins over it; without a box, the last final-answer phrase, then the last "answer is/answer:"
-      phrase (also Chinese, French, German, Spanish, Portuguese, Italian, Russian), then the last
-      inline-maths span ($..$, $$..$$, \\(..\\), \\[..\\], with spans listed before it), then the last
-      plain number ("18", "1 000", "2,5", "12%").
-    The verifier compares the parts as one set/tuple when the gold has several parts, else the last
-    part. Returns None when the mode finds no answer (the reward then scores 0).
+      `\\boxed{}` (or `\\fbox{}`) together with the boxes listed with it ("\\boxed{1} and \\boxed{2}",
+      "x = \\boxed{-2} or x = \\boxed{2}"); nothing else counts, except that a final-answer phrase
+      written after the last box ("... \\boxed{255} ... The final answer is $10,455$", "#### 18")
+      replaces it: that box was not the final answer.
+    lenient (evaluation reports, like lighteval's extractive match): the same, then without a box
+      the last final-answer phrase ("The final answer is $x$", "#### 18", "Réponse finale : 7"), the
+      last "answer is/answer:" phrase (also Chinese, Japanese, French, German, Spanish, Portuguese,
+      Italian, Russian), the last inline-maths span ($..$, $$..$$, \\(..\\), \\[..\\], with the spans
+      listed with it), then the last plain number ("18", "1 000", "2,5", "12%"); these fallbacks read
+      the last 20,000 characters.
+    An intermediate box that is not listed with the final one is ignored. The verifier compares
+    several parts as one set (or tuple, when the gold is one) and a single part as itself. Returns
+    None when the mode finds no answer (the reward then scores 0).
     """
     check_mode(mode)
     if not text:
@@ -66,18 +75,26 @@ def final_answer(text: str, mode: str = "strict") -> tuple[str, ...] | None:
     if tag:
         return _region(tag)
     boxes = _box_group(text)
+    if boxes:
+        after = _last_phrase(text[boxes[1]:], _STRONG)
+        return after[1] if after else boxes[0]
     if mode == "strict":
-        return boxes[0] if boxes else None
-    strong = _last_phrase(text, _STRONG)
-    if boxes and not (strong and strong[0] > boxes[1]):
-        return boxes[0]
-    if strong:
-        return strong[1]
-    for found in (_last_phrase(text, _WEAK), _span_group(text, _math_spans(text))):
+        return None
+    tail = _tail(text)
+    for found in (_last_phrase(tail, _STRONG), _last_phrase(tail, _WEAK), _span_group(tail, _math_spans(tail))):
         if found:
             return found[1]
-    number = _last_number(text)
+    number = _last_number(tail)
     return (number,) if number else None
+
+
+def _tail(text: str) -> str:
+    """The end of the text the lenient fallbacks read, from a line start: the answer is stated last,
+    and a bounded window keeps a 100,000-character completion cheap."""
+    if len(text) <= _TAIL_CHARS:
+        return text
+    tail = text[-_TAIL_CHARS:]
+    return tail[tail.find("\n") + 1:]
 
 
 def answer_text(parts: tuple[str, ...] | None) -> str | None:
@@ -107,18 +124,17 @@ def _parts(raw: list[str]) -> tuple[str, ...] | None:
 
 
 def _box_group(text: str) -> tuple[tuple[str, ...], int] | None:
-    """(parts, end) of the final box and the boxes listed just before it (gaps of at most 40
-    characters, within one sentence); None without a non-empty balanced box."""
+    """(parts, end) of the final box and the boxes listed just before it; None without a non-empty
+    balanced box."""
     spans = box_spans(text)
     if not spans:
         return None
-    group = [spans[-1]]
+    group = [spans[-1]]  # built backwards from the final box
     for prev in reversed(spans[:-1]):
-        gap = text[prev[2] + 1:group[0][0]]
-        if len(gap) > 40 or "\n\n" in gap or _SENTENCE_END.search(gap):
+        if len(group) == _MAX_PARTS or not _BOX_JOINER.fullmatch(text[prev[2] + 1:group[-1][0]]):
             break
-        group.insert(0, prev)
-    parts = _parts([text[start:end] for _, start, end in group])
+        group.append(prev)
+    parts = _parts([text[start:end] for _, start, end in reversed(group)])
     return (parts, group[-1][2]) if parts else None
 
 
@@ -141,13 +157,13 @@ def _span_group(text: str, spans: list[tuple[int, int, str]]) -> tuple[int, tupl
     """The last span with the spans listed just before it ("$1$, $2$ and $3$")."""
     if not spans:
         return None
-    group = [spans[-1]]
+    group = [spans[-1]]  # built backwards from the last span
     for prev in reversed(spans[:-1]):
-        if not _JOINER.fullmatch(text[prev[1]:group[0][0]]):
+        if len(group) == _MAX_PARTS or not _JOINER.fullmatch(text[prev[1]:group[-1][0]]):
             break
-        group.insert(0, prev)
-    parts = _parts([contents for _, _, contents in group])
-    return (group[0][0], parts) if parts else None
+        group.append(prev)
+    parts = _parts([contents for _, _, contents in reversed(group)])
+    return (group[-1][0], parts) if parts else None
 
 
 def _last_phrase(text: str, pattern: re.Pattern[str]) -> tuple[int, tuple[str, ...]] | None:
@@ -162,8 +178,8 @@ def _last_phrase(text: str, pattern: re.Pattern[str]) -> tuple[int, tuple[str, .
 
 
 def _phrase_value(rest: str) -> tuple[str, ...] | None:
-    """What a phrase states: its box or maths spans, else its words to the end of the sentence
-    (a leading number alone when words follow it: "18 dollars" is 18)."""
+    """What a phrase states: its box or maths spans, else its words to the end of the sentence (a
+    leading number alone when words follow it: "18 dollars" is 18; None for a whole sentence)."""
     rest = rest.lstrip(" \t\n*:：-—=")
     line = rest if rest.startswith(("$$", "\\[")) else rest.split("\n", 1)[0]
     boxes = _box_group(line)
@@ -174,15 +190,19 @@ def _phrase_value(rest: str) -> tuple[str, ...] | None:
     if spans and not (cut and cut.start() < spans[0][0]) and not re.search(r"\d", line[:spans[0][0]]):
         group = [spans[0]]
         for nxt in spans[1:]:
-            if not _JOINER.fullmatch(line[group[-1][1]:nxt[0]]):
+            if len(group) == _MAX_PARTS or not _JOINER.fullmatch(line[group[-1][1]:nxt[0]]):
                 break
             group.append(nxt)
         return _parts([contents for _, _, contents in group])
     value = _clean(line[:cut.start()] if cut else line)
-    if _WORD.search(value):
-        number = _PLAIN_NUMBER.match(_CURRENCY.sub("", value))
-        if number:
+    words = _WORD.findall(value)
+    if words:
+        unsigned = _CURRENCY.sub("", value)
+        number = _PLAIN_NUMBER.match(unsigned)
+        if number and not re.search(r"\d", unsigned[number.end():]):  # "12 or 13" stays whole
             return (number.group().strip(),)
+        if len(words) > _MAX_TEXT_WORDS:  # a sentence, not a text answer: read on
+            return None
     return (value,) if value else None
 
 

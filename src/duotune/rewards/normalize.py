@@ -13,6 +13,11 @@ from dataclasses import dataclass
 # of huggingface/Math-Verify#14, closed upstream, still so in 0.9.0). Upright constants become plain
 # letters first, which math-verify reads as Euler's number, the imaginary unit and pi.
 _CONSTANT = re.compile(r"\\(?:mathrm|text|textrm|operatorname|mathit|rm)\s*\{\s*(e|i|\\pi|pi)\s*\}|\{\\rm\s+(e|i)\}")
+# `m_{\max }` (a subscript that is an operator name) makes math-verify 0.9.0 parse nothing at all.
+_SUBSCRIPT_OPERATOR = re.compile(r"_\{\s*\\(max|min|sup|inf)\s*\}")
+# math-verify treats `i` as the imaginary unit only where it stands alone ("274 i", not "274i"), so
+# "1+274i" and "1 + 274 i" parsed differently; a coefficient gets a space.
+_COEFFICIENT_I = re.compile(r"(?<=\d)i(?![A-Za-z])")
 # "4.5e33": math-verify reads 4.5 * E * 33 (Minerva's golds are written so).
 _E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
 # "10^33" means 10^{33}; LaTeX would read 10^3 * 3.
@@ -47,10 +52,12 @@ class GoldShape:
 
 
 def normalize_latex(text: str) -> str:
-    """Workarounds applied to golds and predictions alike: upright constants, e-notation, bare
-    exponents, unicode maths symbols."""
+    """Workarounds applied to golds and predictions alike: upright constants, operator subscripts,
+    the imaginary unit after a coefficient, e-notation, bare exponents, unicode maths symbols."""
     text = _UNICODE_RE.sub(lambda m: _UNICODE[m.group()], text)
     text = _CONSTANT.sub(lambda m: _constant(m.group(1) or m.group(2)), text)
+    text = _SUBSCRIPT_OPERATOR.sub(r"_{\1}", text)
+    text = _COEFFICIENT_I.sub(" i", text)
     text = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2)}}}", text)
     return _BARE_EXPONENT.sub(lambda m: f"^{{{m.group(1)}}}", text)
 

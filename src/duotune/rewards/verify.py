@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from math_verify import parse, verify
-from sympy import Basic, FiniteSet, MatrixBase, Tuple
+from sympy import Basic, Interval, MatrixBase, Tuple
 
 from duotune.rewards.extract import answer_tag, extract_answer
 from duotune.rewards.final import answer_text, final_answer
@@ -65,8 +65,8 @@ def as_latex(answer: str) -> str:
 
 @dataclass(frozen=True)
 class _Gold:
-    """A parsed gold: math-verify's values, its shape, and how several predicted parts are joined
-    ("(a, b)" for an ordered tuple, "a, b" for a set or list; None: the gold has one part)."""
+    """A parsed gold: math-verify's values, its shape, and how several predicted parts are joined:
+    "({})" (a tuple, ordered), "{}" (a set or list), None (never: the gold is an interval)."""
 
     parsed: tuple
     shape: GoldShape
@@ -94,15 +94,13 @@ def _parsed_gold(gold: str, seconds: int) -> _Gold:
 
 
 def _join_style(parsed: tuple) -> str | None:
-    """How to join several predicted parts for this gold: a tuple of two or more (ordered), a finite
-    set of two or more (a list answer such as "1, -2"), else None (an interval or one value: the
-    last part alone is compared)."""
+    """How several predicted parts form one answer for this gold: a tuple of two or more keeps
+    their order; an interval is never several separate parts (math-verify would equal "(1, 2)" and
+    the set "1, 2"); anything else makes them a set."""
     first = next((g for g in parsed if isinstance(g, (Basic, MatrixBase))), None)
     if isinstance(first, Tuple) and len(first) > 1:
         return "({})"
-    if isinstance(first, FiniteSet) and len(first) > 1:
-        return "{}"
-    return None
+    return None if isinstance(first, Interval) else "{}"
 
 
 def verify_answer(answer: str | Sequence[str], gold: str, seconds: int) -> float | None:
@@ -110,9 +108,9 @@ def verify_answer(answer: str | Sequence[str], gold: str, seconds: int) -> float
     holds no parseable maths and is no text answer (the caller counts and warns).
 
     `answer` is one part or the parts `final_answer` extracted: several parts are compared as one
-    set/tuple when the gold has several parts (and the last part alone as well), else the last part.
-    Each part is normalised for the gold's shape first (`normalize_answer`). A text gold also equals
-    a prediction with the same words. `seconds` is math-verify's own timeout."""
+    answer, a tuple "(a, b)" when the gold is a tuple, else a set "a, b" (so "\\boxed{2} and \\boxed{3}"
+    never equals the gold 3). Each part is normalised for the gold's shape first (`normalize_answer`).
+    A text gold also equals a prediction with the same words. `seconds` is math-verify's own timeout."""
     g = _parsed_gold(gold, seconds)
     if not g.has_maths and g.shape.text is None:
         return None
@@ -120,15 +118,12 @@ def verify_answer(answer: str | Sequence[str], gold: str, seconds: int) -> float
     if not parts or not all(parts) or sum(map(len, parts)) > MAX_ANSWER_CHARS:
         return 0.0
     parts = tuple(normalize_answer(p, g.shape) for p in parts)
-    candidates = [parts[-1]]
-    if g.join and len(parts) > 1:
-        candidates.insert(0, g.join.format(", ".join(parts)))
-    for candidate in candidates:
-        if g.shape.text is not None and text_key(candidate) == g.shape.text:
-            return 1.0
-        if g.has_maths and _equal(g.parsed, candidate, seconds):
-            return 1.0
-    return 0.0
+    if len(parts) > 1 and g.join is None:
+        return 0.0
+    candidate = parts[0] if len(parts) == 1 else g.join.format(", ".join(parts))
+    if g.shape.text is not None and text_key(candidate) == g.shape.text:
+        return 1.0
+    return float(g.has_maths and _equal(g.parsed, candidate, seconds))
 
 
 def _equal(parsed_gold: tuple, candidate: str, seconds: int) -> bool:
