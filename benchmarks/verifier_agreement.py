@@ -4,9 +4,10 @@ time per pair (issue 17).
 Each (gold, prediction) pair of tests/data/verifier_cases.jsonl is graded as `math_equal` grades it
 (`final_answer` in the mode, then `verify_answer`), in this process's main thread so math-verify's own
 timeouts apply, for `--rounds` rounds alternating strict and lenient; the gold cache is cleared before
-each round, so every pair's time includes parsing its gold. Prints the per-category table and writes
-JSON: agreement, false accepts/rejects (ids), and the median and max over pairs of each pair's median
-time across rounds, with the load average (on a shared machine times are inflated by the load).
+each round, so every pair's time includes parsing its gold, and the round is then repeated with the
+golds cached. Prints the per-category table and writes JSON: agreement, false accepts/rejects (ids),
+the median and max over pairs of each pair's median time across rounds (cold and gold cached), with
+the load average (on a shared machine times are inflated by the load).
 
     python benchmarks/verifier_agreement.py [--rounds 3] [--out benchmarks/results/verifier_agreement.json]
 """
@@ -29,9 +30,11 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "verifier_case
 MODES = ("strict", "lenient")
 
 
-def grade_round(cases: list[dict], mode: str) -> tuple[list[bool], list[float]]:
-    """(accepted?, seconds) per case, from a cold gold cache."""
-    verify_module._gold_cache.clear()
+def grade_round(cases: list[dict], mode: str, *, cold: bool) -> tuple[list[bool], list[float]]:
+    """(accepted?, seconds) per case; `cold` clears the gold cache first (each time then includes
+    parsing the gold, as a gold's first grading in a worker does)."""
+    if cold:
+        verify_module._gold_cache.clear()
     accepted, seconds = [], []
     for case in cases:
         start = time.perf_counter()
@@ -42,8 +45,8 @@ def grade_round(cases: list[dict], mode: str) -> tuple[list[bool], list[float]]:
     return accepted, seconds
 
 
-def summary(cases: list[dict], accepted: list[bool], seconds: list[list[float]]) -> dict:
-    per_pair = [statistics.median(ts) for ts in zip(*seconds)]
+def summary(cases: list[dict], accepted: list[bool], seconds: dict[str, list[list[float]]]) -> dict:
+    per_pair = {kind: [statistics.median(ts) for ts in zip(*rounds)] for kind, rounds in seconds.items()}
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for case, ok in zip(cases, accepted):
         by_cat[case["category"]].append(ok == case["equal"])
@@ -56,8 +59,11 @@ def summary(cases: list[dict], accepted: list[bool], seconds: list[list[float]])
         "false_rejects": [c["id"] for c, ok in zip(cases, accepted) if not ok and c["equal"]],
         "by_category": {cat: {"cases": len(v), "agreement": round(sum(v) / len(v), 4)}
                         for cat, v in sorted(by_cat.items())},
-        "ms_per_pair_median": round(1000 * statistics.median(per_pair), 3),
-        "ms_per_pair_max": round(1000 * max(per_pair), 1),
+        "ms_per_pair_median": round(1000 * statistics.median(per_pair["cold"]), 3),
+        "ms_per_pair_max": round(1000 * max(per_pair["cold"]), 1),
+        "ms_per_pair_median_gold_cached": round(1000 * statistics.median(per_pair["warm"]), 3),
+        "ms_per_pair_max_gold_cached": round(1000 * max(per_pair["warm"]), 1),
+        "seconds_all_pairs_cold": round(statistics.median(sum(r) for r in seconds["cold"]), 2),
     }
 
 
@@ -71,8 +77,9 @@ def table(results: dict[str, dict]) -> str:
                  + "".join(f"{100 * results[m]['agreement']:>11.1f}" for m in MODES))
     for m in MODES:
         r = results[m]
-        lines.append(f"{m}: {len(r['false_accepts'])} false accepts, {len(r['false_rejects'])} false rejects, "
-                     f"{r['ms_per_pair_median']} ms median / {r['ms_per_pair_max']} ms max per pair")
+        lines.append(f"{m}: {len(r['false_accepts'])} false accepts, {len(r['false_rejects'])} false rejects; "
+                     f"per pair {r['ms_per_pair_median']} ms median / {r['ms_per_pair_max']} ms max "
+                     f"(gold cached: {r['ms_per_pair_median_gold_cached']} / {r['ms_per_pair_max_gold_cached']} ms)")
     return "\n".join(lines)
 
 
@@ -84,14 +91,15 @@ def main() -> None:
     cases = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     load_before = os.getloadavg()
     accepted: dict[str, list[bool]] = {}
-    seconds: dict[str, list[list[float]]] = {m: [] for m in MODES}
+    seconds: dict[str, dict[str, list[list[float]]]] = {m: {"cold": [], "warm": []} for m in MODES}
     timeouts_before = verify_module.timeouts_seen()
     for _ in range(args.rounds):
         for mode in MODES:
-            flags, times = grade_round(cases, mode)
-            if accepted.setdefault(mode, flags) != flags:
-                raise SystemExit(f"{mode}: rounds disagree; the verifier is not deterministic here")
-            seconds[mode].append(times)
+            for kind in ("cold", "warm"):
+                flags, times = grade_round(cases, mode, cold=kind == "cold")
+                if accepted.setdefault(mode, flags) != flags:
+                    raise SystemExit(f"{mode}: rounds disagree; the verifier is not deterministic here")
+                seconds[mode][kind].append(times)
     results = {m: summary(cases, accepted[m], seconds[m]) for m in MODES}
     print(table(results))
     out = {"corpus": str(CORPUS.relative_to(CORPUS.parents[2])), "cases": len(cases),
