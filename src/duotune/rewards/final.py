@@ -12,7 +12,7 @@ from duotune.rewards.extract import answer_tag, box_spans
 
 EXTRACTION_MODES = ("strict", "lenient")
 
-# Strong markers: a final-answer phrase written after the last box replaces it (lenient).
+# Strong markers: a final-answer phrase written after the last box replaces it (in both modes).
 _STRONG = re.compile(
     r"final\s+answer(?:\*\*)?\s*(?:is\b|[:：=])|####|最终答案\s*(?:是|为|[:：])?|réponse\s+finale\s*(?:est\b|[:：])?"
     r"|endgültige\s+antwort\s*(?:ist\b|lautet\b|[:：])?|respuesta\s+final\s*(?:es\b|[:：])?", re.IGNORECASE)
@@ -135,7 +135,7 @@ def _box_group(text: str) -> tuple[tuple[str, ...], int] | None:
             break
         group.append(prev)
     parts = _parts([text[start:end] for _, start, end in reversed(group)])
-    return (parts, group[-1][2]) if parts else None
+    return (parts, spans[-1][2]) if parts else None
 
 
 def _math_spans(text: str) -> list[tuple[int, int, str]]:
@@ -167,7 +167,7 @@ def _span_group(text: str, spans: list[tuple[int, int, str]]) -> tuple[int, tupl
 
 
 def _last_phrase(text: str, pattern: re.Pattern[str]) -> tuple[int, tuple[str, ...]] | None:
-    """(start, parts) of the value after the last match of `pattern` that has one."""
+    """(start, parts) of what the last match of `pattern` states; None without a match or a value."""
     found = None
     for found in pattern.finditer(text):  # noqa: B007 - keep the last match
         pass

@@ -1,4 +1,5 @@
-"""math-verify equivalence of one extracted answer with a gold answer; runs inside grading workers.
+"""math-verify equivalence of one extracted answer (its parts) with a gold answer, after the text
+normalisation of `duotune.rewards.normalize`; runs inside grading workers.
 
 math-verify's timeouts use `signal.alarm`, so call these only from a process's main thread (the
 `GradingPool` workers do). Imports math-verify and sympy; never torch or other duotune subsystems.
@@ -135,8 +136,9 @@ def _equal(parsed_gold: tuple, candidate: str, seconds: int) -> bool:
 
 def accuracy_score(answer: str | Sequence[str] | None, tag: str | None, gold: str, seconds: int) -> float:
     """R_acc of R1-V / OThink-MR1 (SPEC 2): 1 if math-verify judges the completion's extracted
-    `answer` (one part or `final_answer`'s parts) equal to the gold, else 1 if the completion's `<answer>` contents (`tag`) equal the
-    gold's (the gold itself when it has no tags) as stripped strings, else 0."""
+    `answer` (one part or `final_answer`'s parts) equal to the gold, else 1 if the completion's
+    `<answer>` contents (`tag`) equal the gold's (the gold itself when it has no tags) as stripped
+    strings, else 0."""
     if answer and verify_answer(answer, gold, seconds) == 1.0:
         return 1.0
     theirs = answer_tag(gold)
