@@ -63,7 +63,8 @@ def final_answer(text: str, mode: str = "strict") -> tuple[str, ...] | None:
       last "answer is/answer:" phrase (also Chinese, Japanese, French, German, Spanish, Portuguese,
       Italian, Russian), the last inline-maths span ($..$, $$..$$, \\(..\\), \\[..\\], with the spans
       listed with it), then the last plain number ("18", "1 000", "2,5", "12%"); these fallbacks read
-      the last 20,000 characters.
+      the last 20,000 characters. Like lighteval's, they also read a number out of a completion cut
+      off mid-reasoning, which is why training rewards use strict.
     An intermediate box that is not listed with the final one is ignored. The verifier compares
     several parts as one set (or tuple, when the gold is one) and a single part as itself. Returns
     None when the mode finds no answer (the reward then scores 0).
