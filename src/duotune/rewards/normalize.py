@@ -13,7 +13,8 @@ from dataclasses import dataclass
 # of huggingface/Math-Verify#14, closed upstream, still so in 0.9.0). Upright constants become plain
 # letters first, which math-verify reads as Euler's number, the imaginary unit and pi.
 _CONSTANT = re.compile(r"\\(?:mathrm|text|textrm|operatorname|mathit|rm)\s*\{\s*(e|i|\\pi|pi)\s*\}|\{\\rm\s+(e|i)\}")
-# `m_{\max }` (a subscript that is an operator name) makes math-verify 0.9.0 parse nothing at all.
+# `m_{\max }` (a subscript that is an operator name) makes math-verify 0.9.0 parse nothing at all
+# (no upstream issue found, nor for the two cases below).
 _SUBSCRIPT_OPERATOR = re.compile(r"_\{\s*\\(max|min|sup|inf)\s*\}")
 # math-verify treats `i` as the imaginary unit only where it stands alone ("274 i", not "274i"), so
 # "1+274i" and "1 + 274 i" parsed differently; a coefficient gets a space.
