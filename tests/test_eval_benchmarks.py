@@ -36,6 +36,10 @@ def test_registry_and_suites():
     assert [benchmarks.get(b).n for b in names] == [32, 32, 32, 1, 1]
     assert {benchmarks.get(b).temperature for b in COUNTS} == {0.6}
     assert {benchmarks.get(b).top_p for b in COUNTS} == {1.0}
+    # Reports read math answers leniently by default (each default shown by `duotune list benchmark`).
+    assert {b: benchmarks.get(b).extraction for b in COUNTS} == {
+        b: "letter" if b in suites.get("ood") else "lenient" for b in COUNTS}
+    assert all(benchmarks.describe(b).endswith(f"[extraction: {benchmarks.get(b).extraction}]") for b in COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))

@@ -16,7 +16,9 @@ def test_eval_command_with_a_tiny_model_writes_the_run_folder(tmp_path, capsys):
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["benchmark", "items", "n", "acc", "%", "pass@n", "%",
-                                             "maj@n", "%", "mean", "len", "trunc", "%"]
+                                             "maj@n", "%", "extracted", "%", "extraction", "mean", "len",
+                                             "trunc", "%"]
+    assert [line.split()[7] for line in table.splitlines()[2:4]] == ["lenient", "letter"]  # gsm8k, arc_c
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"gsm8k", "arc_c"}
     for name in ("gsm8k", "arc_c"):

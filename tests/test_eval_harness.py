@@ -143,9 +143,44 @@ def test_run_eval_slice_returns_flat_accuracy():
     sampler = FakeSampler(lambda ex, j: _boxed(ex.answer) if ex.id == GSM[0].id else "no idea")
     out = run_eval_slice(sampler, "gsm8k", limit=4, max_new_tokens=64, batch_size=4, seed=3)
     assert out == {"accuracy": 0.25, "mean_length": pytest.approx((7 + 3 * 2) / 4),
-                   "truncated_fraction": 0.0, "answered_fraction": 0.25, "items": 4.0}
+                   "truncated_fraction": 0.0, "answered_fraction": 0.25, "extraction_rate": 0.25,
+                   "items": 4.0}
     params = sampler.calls[0][1]
     assert (params.temperature, params.max_new_tokens, params.n) == (0.0, 64, 1)
+
+
+def _stated(ex, j):
+    """Item 0 boxes its answer, item 1 states it in prose, item 2 in inline maths, item 3 not at all."""
+    return {0: _boxed(ex.answer), 1: f"So she makes {ex.answer} dollars.",
+            2: f"The final answer is ${ex.answer}$.", 3: "I am not sure."}[GSM.index(ex) % 4]
+
+
+@pytest.mark.parametrize("mode, accuracy, rate", [("lenient", 0.75, 0.75), ("strict", 0.25, 0.25)])
+def test_extraction_mode_sets_score_and_extraction_rate(mode, accuracy, rate):
+    s = evaluate(FakeSampler(_stated), "gsm8k", limit=4, progress=False, extraction=mode)["gsm8k"]
+    assert (s["accuracy"], s["extraction_rate"], s["extraction"]) == (accuracy, rate, mode)
+    assert s["settings"]["extraction"] == mode
+
+
+def test_math_benchmarks_default_to_lenient_and_mcq_reads_letters():
+    assert evaluate(FakeSampler(_stated), "gsm8k", limit=4, progress=False)["gsm8k"]["extraction"] == "lenient"
+    arc = evaluate(FakeSampler(lambda ex, j: _boxed(ex.answer)), "arc_c", limit=2, progress=False,
+                   extraction="strict")["arc_c"]
+    assert (arc["extraction"], arc["accuracy"]) == ("letter", 1.0)
+    with pytest.raises(ConfigError, match="extraction mode 'exact'"):
+        evaluate(FakeSampler(_stated), "gsm8k", limit=1, progress=False, extraction="exact")
+
+
+def test_resume_with_another_extraction_regrades_without_sampling(tmp_path):
+    kwargs = dict(limit=4, out_dir=tmp_path, progress=False, model_name="m")
+    strict = evaluate(FakeSampler(_stated), "gsm8k", extraction="strict", **kwargs)["gsm8k"]
+    again = FakeSampler(_stated)
+    lenient = evaluate(again, "gsm8k", **kwargs)["gsm8k"]
+    assert (strict["accuracy"], lenient["accuracy"], again.sequences) == (0.25, 0.75, 0)
+    samples = tmp_path / "gsm8k" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 8        # four samples, each regraded once
+    assert evaluate(FakeSampler(_stated), "gsm8k", **kwargs)["gsm8k"] == lenient
+    assert len(samples.read_text().splitlines()) == 8        # same mode: nothing regraded
 
 
 def test_matrix_rows_models_columns_benchmarks(tmp_path):
@@ -177,5 +212,7 @@ def test_every_cli_flag_has_help(add, model_flag):
     args = parser.parse_args([model_flag, "m", "--suite", "ood", "--limit", "5", "--n", "4"])
     assert (args.suite, args.limit, args.n, args.batch_size) == ("ood", 5, 4, 8)
     assert not hasattr(args, "temperature")  # not given: the benchmark's default applies
+    assert not hasattr(args, "extraction")
+    assert parser.parse_args([model_flag, "m", "--extraction", "strict"]).extraction == "strict"
     with pytest.raises(SystemExit):
         parser.parse_args([model_flag, "m", "--limit", "0"])

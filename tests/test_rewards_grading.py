@@ -20,6 +20,14 @@ def pool():
         yield p
 
 
+@pytest.fixture(scope="module")
+def roomy_pool():
+    """5 s per item: sympy's first set or relational comparison in a fresh worker takes about a
+    second on a loaded machine, which the 1 s pool above would count as a timeout."""
+    with GradingPool(2, timeout_s=5.0) as p:
+        yield p
+
+
 MATH_CASES = [
     ("\\boxed{\\frac12}", "0.5", 1.0),
     ("\\boxed{\\dfrac{1}{2}}", "0.5", 1.0),
@@ -39,9 +47,9 @@ MATH_CASES = [
     ("\\boxed{3}", "4", 0.0),
     ("\\boxed{0.51}", "0.5", 0.0),
     ("\\boxed{-3}", "-3", 1.0),
-    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 1.0),
-    ("#### 1,000", "1000", 1.0),
-    ("The answer is 3.5.", "7/2", 1.0),
+    # strict reads only <answer> and \boxed{}: these stated answers are the lenient mode's
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 0.0),
+    ("The answer is 3.5.", "7/2", 0.0),
     ("<answer>\\boxed{9}</answer>", "9", 1.0),
     ("<answer>12</answer>", "\\boxed{12}", 1.0),              # boxed gold is unwrapped
     ("\\boxed{1} first, then \\boxed{2}", "2", 1.0),
@@ -63,9 +71,86 @@ def test_math_reward_fixtures(pool):
     assert reward.stats["timeouts"] == 0
 
 
-def test_math_last_number_when_asked(pool):
-    reward = get_reward("math", allow_last_number=True, pool=pool)
-    assert reward(["I computed 17 apples", "about 1,000 in all"], answer=["17", "1000"]) == [1.0, 1.0]
+# math-verify 0.9.0 parse failures worked around before parsing (rewards.normalize), one case each.
+WORKAROUND_CASES = [
+    ("\\boxed{1 - e^{-1}}", "1 - \\frac{1}{\\mathrm{e}}", 1.0),        # gold read as "1 - \frac{1}{"
+    ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{e}", 0.0),
+    ("\\boxed{\\frac{1}{\\mathrm{e}^{2}}}", "\\frac{1}{\\mathrm{e}}", 0.0),  # both truncated to "\frac{1}{"
+    ("\\boxed{2}", "2\\mathrm{e}", 0.0),                                # trailing \mathrm{e} dropped as a unit
+    ("\\boxed{2e}", "2\\mathrm{e}", 1.0),
+    ("\\boxed{1}", "1+2\\mathrm{i}", 0.0),                              # ... and \mathrm{i}
+    ("\\boxed{1+2i}", "1+2\\mathrm{i}", 1.0),
+    ("\\boxed{2\\pi}", "2\\mathrm{\\pi}", 1.0),
+    ("\\boxed{e^{3}}", "\\operatorname{e}^{3}", 1.0),
+    ("\\boxed{{\\rm e}^{3}}", "e^{3}", 1.0),
+    ("\\boxed{n^2-n-1}", "m_{\\max }=n^{2}-n-1", 1.0),                  # operator subscript: no parse
+    ("\\boxed{1 + 274 i}", "1+274i", 1.0),                               # i after a coefficient
+    ("\\boxed{4.5 \\times 10^{33}}", "4.5e33", 1.0),                      # e-notation read as 4.5*E*33
+    ("\\boxed{4.6 \\times 10^{33}}", "4.5e33", 0.0),
+    ("\\boxed{4.5 \\times 10^33}", "4.5e33", 1.0),                        # bare exponent 10^33
+]
+
+MULTI_BOX_CASES = [
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1, 2, 3\\}", 1.0),    # several boxes: one set
+    ("\\boxed{1} and \\boxed{2}", "$\\boxed{1}\\boxed{2}$", 1.0),          # ... and several in the gold
+    ("\\boxed{1} and \\boxed{2}", "\\{1, 2, 3\\}", 0.0),
+    ("\\boxed{1}, \\boxed{2}", "(1, 2, 3)", 0.0),
+    ("\\boxed{2}, \\boxed{1}, \\boxed{3}", "(1, 2, 3)", 0.0),                # a tuple keeps its order
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "(1, 2, 3)", 1.0),
+    ("The roots are \\boxed{2} and \\boxed{3}.", "3", 0.0),                  # two answers are not 3
+    ("x = \\boxed{-2} or x = \\boxed{2}", "\\pm 2", 1.0),
+    ("\\boxed{1} and \\boxed{2}", "(1, 2]", 0.0),                            # never an interval
+]
+
+NUMBER_FORMAT_CASES = [  # the gold's shape decides: one number, or a list
+    ("\\boxed{1 000}", "1000", 1.0), ("\\boxed{1\\,000}", "1000", 1.0), ("\\boxed{1{,}000}", "1000", 1.0),
+    ("\\boxed{1\u2009000\u2009000}", "1000000", 1.0), ("\\boxed{1\u202f000}", "1000", 1.0),
+    ("\\boxed{1,000}", "1000", 1.0), ("\\boxed{1,000}", "1", 0.0), ("\\boxed{10,455}", "10,\\!455", 1.0),
+    ("\\boxed{1000,99}", "1000.99", 1.0), ("\\boxed{1,5}", "1.5", 1.0), ("\\boxed{1,5}", "15", 0.0),
+    ("\\boxed{1,5}", "\\{1, 5\\}", 1.0), ("\\boxed{1,5}", "1,5", 1.0), ("\\boxed{1.5}", "1,5", 0.0),
+    ("\\boxed{0,111}", "0.111", 1.0), ("\\boxed{1.234,5}", "1234.5", 1.0), ("\\boxed{1,234.5}", "1234.5", 1.0),
+    ("\\boxed{1 234,5}", "1234.5", 1.0), ("\\boxed{1,2,3}", "123", 0.0), ("\\boxed{1.000.000}", "1000000", 1.0),
+    ("\\boxed{\\$32,348}", "\\$32,\\!348", 1.0), ("\\boxed{1000.0}", "1000", 1.0),
+]
+
+
+@pytest.mark.parametrize("cases", [WORKAROUND_CASES, MULTI_BOX_CASES, NUMBER_FORMAT_CASES],
+                         ids=["workarounds", "multiple_boxes", "number_formats"])
+def test_strict_math_reward_cases(roomy_pool, cases):
+    reward = get_reward("math", pool=roomy_pool)
+    comps, golds, expected = zip(*cases)
+    got = reward(list(comps), answer=list(golds))
+    assert [(c, g) for c, g, e, v in zip(comps, golds, expected, got) if v != e] == []
+    assert reward.stats["timeouts"] == 0
+
+
+LENIENT_CASES = [  # (completion, gold, strict, lenient)
+    ("Janet sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18", 0.0, 1.0),
+    ("#### 1,000", "1000", 0.0, 1.0),
+    ("The answer is 3.5.", "7/2", 0.0, 1.0),
+    ("I computed 17 apples", "17", 0.0, 1.0),                   # the last number
+    ("about 1,000 in all", "1000", 0.0, 1.0),
+    ("Therefore $x \\geq 5$ is the solution.", "[5, \\infty)", 0.0, 1.0),
+    ("The final answer is $10,455$.", "10455", 0.0, 1.0),
+    ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "10455", 1.0, 1.0),  # a later phrase wins
+    ("First \\boxed{255}.\n\nThe final answer is $10,455$.", "255", 0.0, 0.0),    # in both modes
+    ("\\boxed{12 $ and $13 }. $ Final Answer: The final answer is $12$ and $13$.", "12, 13", 1.0, 1.0),
+    ("So \\boxed{7}. The answer is correct.", "7", 1.0, 1.0),  # "answer is" after a box is no answer
+    ("no answer here", "8", 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+def test_math_modes(roomy_pool, mode):
+    reward = get_reward("math", mode=mode, pool=roomy_pool)
+    comps, golds, strict, lenient = zip(*LENIENT_CASES)
+    assert reward(list(comps), answer=list(golds)) == list(strict if mode == "strict" else lenient)
+    assert reward.stats["timeouts"] == 0
+
+
+def test_math_mode_is_checked():
+    with pytest.raises(ConfigError, match="extraction mode 'loose'.*'strict'.*'lenient'"):
+        get_reward("math", mode="loose")
 
 
 def test_unparseable_gold_is_none_and_counted(pool):
@@ -88,10 +173,11 @@ def test_math_equal_is_the_shared_verifier():
     assert math_equal("<answer>7</answer>", "8") is False
     assert math_equal("no answer here", "8") is False
     box: list[bool] = []
-    worker = threading.Thread(target=lambda: box.append(math_equal("#### 1,000", "1000")))
+    worker = threading.Thread(target=lambda: box.append(math_equal("#### 1,000", "1000", mode="lenient")))
     worker.start()
     worker.join()
     assert box == [True]                                     # fine off the main thread too
+    assert math_equal("#### 1,000", "1000") is False         # strict is the default
 
 
 def test_accuracy_format_r1v(pool):

@@ -15,6 +15,7 @@ from duotune.errors import ConfigError, DataError
 from duotune.eval.mcq import Choice, choice_from_list, parse_options, render_mcq, shuffle_choice
 from duotune.paths import data_dir
 from duotune.registry import Registry
+from duotune.rewards.final import check_mode
 
 # GPQA rows open with this instruction; it is replaced by the shared MCQ template (mcq.MCQ_SUFFIX).
 _GPQA_HEADER = "Answer the following multiple choice question."
@@ -27,7 +28,10 @@ class Benchmark:
     file: path inside the shared data folder; kind: "math" (math-verify on the final answer) or
         "mcq" (option letter after the shuffle); n/temperature/top_p/max_new_tokens: default sampling
         (SPEC 8: T 0.6, top_p 1.0, up to 8192 new tokens; avg@32 for AIME and AMC); breakdown: meta
-        fields the summary reports per value; read: rows of `file` -> Examples (before the prompt).
+        fields the summary reports per value; read: rows of `file` -> Examples (before the prompt);
+        extraction: how a math answer is read (`duotune.rewards.final_answer`): "lenient" by default
+        for reports, "strict" to score as training does; MCQ items read the option letter
+        (`normalize_mcq`) and have "letter".
     """
 
     name: str
@@ -40,6 +44,7 @@ class Benchmark:
     max_new_tokens: int = 8192
     breakdown: tuple[str, ...] = ()
     help: str = ""
+    extraction: str = "lenient"
 
 
 benchmarks: Registry[Benchmark] = Registry("benchmark")
@@ -103,7 +108,18 @@ def _at_row(err: DataError, path: str, row: int) -> DataError:
 
 def _register(name: str, file: str, kind: Literal["math", "mcq"], read: Callable[[str], list[Example]],
               help: str, **defaults: Any) -> None:
-    benchmarks.register(name, Benchmark(name, file, kind, read, help=help, **defaults), help=help)
+    extraction = defaults.pop("extraction", "lenient" if kind == "math" else "letter")
+    bench = Benchmark(name, file, kind, read, help=help, extraction=extraction, **defaults)
+    benchmarks.register(name, bench, help=f"{help} [extraction: {extraction}]")
+
+
+def extraction_mode(name: str, override: str | None = None) -> str:
+    """The extraction a run of benchmark `name` uses: `override` ("strict" | "lenient") for a math
+    benchmark, else the benchmark's default; MCQ benchmarks always read the option letter."""
+    bench = get_benchmark(name)
+    if bench.kind != "math" or override is None:
+        return bench.extraction
+    return check_mode(override)
 
 
 _register("gsm8k", "gsm8k/test.jsonl", "math", _math_rows("gsm8k"),

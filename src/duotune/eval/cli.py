@@ -11,6 +11,7 @@ from pathlib import Path
 from duotune.errors import ConfigError
 from duotune.eval.benchmarks import benchmarks, suites
 from duotune.eval.report import evaluate_matrix, format_table, matrix_markdown, model_slug
+from duotune.rewards.final import EXTRACTION_MODES
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,11 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default=argparse.SUPPRESS,
                         help="prompt style instead of the benchmark's (boxed for math, lettered MCQ); "
                              "e.g. luffy, think_answer (see `duotune list prompt_style`)")
+    parser.add_argument("--extraction", choices=EXTRACTION_MODES, default=argparse.SUPPRESS,
+                        help="how math answers are read: lenient (default of every math benchmark: "
+                             "boxed, 'the final answer is ...', inline maths, the last number) or strict "
+                             "(the final \\boxed{} or <answer>, as training rewards); see `duotune list "
+                             "benchmark`. MCQ benchmarks always read the option letter")
     parser.add_argument("--device", default=argparse.SUPPRESS,
                         help="device for the model, e.g. cpu or cuda:0 (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -90,7 +96,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
 
 
 def _eval_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    keys = ("n", "limit", "max_new_tokens", "temperature", "top_p", "prompt_style", "device")
+    keys = ("n", "limit", "max_new_tokens", "temperature", "top_p", "prompt_style", "device", "extraction")
     return {**{k: _opt(args, k) for k in keys}, "batch_size": args.batch_size, "seed": args.seed,
             "progress": not args.no_progress}
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from duotune.data import Example
-from duotune.eval.benchmarks import get_benchmark, load_benchmark, resolve_benchmarks
+from duotune.eval.benchmarks import extraction_mode, get_benchmark, load_benchmark, resolve_benchmarks
 from duotune.eval.grading import grade
 from duotune.eval.metrics import summarize
 from duotune.eval.records import SampleStore, prompt_hash
@@ -70,20 +70,23 @@ class _Run:
     params: SamplingParams
     breakdown: tuple[str, ...]
     settings: dict[str, Any]
+    extraction: str
 
 
 def evaluate(model: Any, benchmarks: str | Sequence[str] | None = None, *, suite: str | None = None,
              n: int | None = None, limit: int | None = None, max_new_tokens: int | None = None,
              temperature: float | None = None, top_p: float | None = None, batch_size: int = 8,
              seed: int = 0, prompt_style: str | None = None, out_dir: str | Path | None = None,
-             progress: bool = True, model_name: str | None = None,
-             device: str | None = None) -> dict[str, dict[str, Any]]:
+             progress: bool = True, model_name: str | None = None, device: str | None = None,
+             extraction: str | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate `model` (Sampler, ModelBundle, or name/path/alias) on benchmarks and/or a suite.
 
     None settings take each benchmark's defaults (T 0.6, top_p 1.0, n 32 for AIME/AMC else 1, 8192
-    new tokens). With `out_dir`, per-sample records go to `<out>/<benchmark>/samples.jsonl` and
+    new tokens, lenient answer extraction; `extraction="strict"` scores math as training rewards do,
+    MCQ always reads the option letter). With `out_dir`, per-sample records go to `<out>/<benchmark>/samples.jsonl` and
     summaries to `<out>/<benchmark>/summary.json` and `<out>/summary.json`; re-running with the same
-    settings skips finished samples. Returns {benchmark: summary}.
+    settings skips finished samples (a changed `extraction` regrades them without sampling again).
+    Returns {benchmark: summary}.
     """
     from duotune.rollout.sampler import SamplingParams
 
@@ -97,10 +100,12 @@ def evaluate(model: Any, benchmarks: str | Sequence[str] | None = None, *, suite
             n=n or bench.n, temperature=bench.temperature if temperature is None else temperature,
             top_p=bench.top_p if top_p is None else top_p,
             max_new_tokens=max_new_tokens or bench.max_new_tokens, seed=seed)
+        mode = extraction_mode(name, extraction)
         settings = {"model": source.name, "benchmark": name, "n": params.n, "limit": limit,
                     "temperature": params.temperature, "top_p": params.top_p,
-                    "max_new_tokens": params.max_new_tokens, "prompt_style": prompt_style, "seed": seed}
-        run = _Run(name, bench.kind, params, bench.breakdown, settings)
+                    "max_new_tokens": params.max_new_tokens, "prompt_style": prompt_style, "seed": seed,
+                    "extraction": mode}
+        run = _Run(name, bench.kind, params, bench.breakdown, settings, mode)
         examples = load_benchmark(name, limit=limit, seed=seed, prompt_style=prompt_style)
         results[name] = _run_benchmark(source, run, examples, batch_size, out, progress)
     if out is not None:
@@ -110,14 +115,15 @@ def evaluate(model: Any, benchmarks: str | Sequence[str] | None = None, *, suite
 
 def run_eval_slice(model: Any, benchmark: str, *, limit: int, n: int = 1, max_new_tokens: int = 512,
                    batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
-                   prompt_style: str | None = None) -> dict[str, float]:
+                   prompt_style: str | None = None, extraction: str | None = None) -> dict[str, float]:
     """Evaluation during training: the first `limit` items of `benchmark`, greedy by default, nothing
-    written to disk. Returns flat scalars (accuracy, mean_length, truncated_fraction,
-    answered_fraction, items) that the trainer logs as `eval/<benchmark>/<key>`."""
+    written to disk, the benchmark's extraction unless `extraction` is given. Returns flat scalars
+    (accuracy, mean_length, truncated_fraction, answered_fraction, extraction_rate, items) that the
+    trainer logs as `eval/<benchmark>/<key>`."""
     summary = evaluate(model, [benchmark], n=n, limit=limit, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=1.0, batch_size=batch_size, seed=seed,
-                       prompt_style=prompt_style, progress=False)[benchmark]
-    keys = ("accuracy", "mean_length", "truncated_fraction", "answered_fraction", "items")
+                       prompt_style=prompt_style, progress=False, extraction=extraction)[benchmark]
+    keys = ("accuracy", "mean_length", "truncated_fraction", "answered_fraction", "extraction_rate", "items")
     return {k: float(summary[k]) for k in keys}
 
 
@@ -135,12 +141,29 @@ def _run_benchmark(source: ModelSource, run: _Run, examples: list[Example], batc
             records = _sample_chunk(source.sampler(), chunk, run, hashes)
             store.add(records)
             bar.update(len(records))
-    records = [store.get(ex.id, j, hashes[ex.id]) for ex in examples for j in range(n)]
+    records = _regraded(store, [store.get(ex.id, j, hashes[ex.id]) for ex in examples for j in range(n)], run)
     summary = summarize(records, {ex.id: ex.meta for ex in examples}, run.breakdown)
-    summary = {"benchmark": run.name, **summary, "settings": run.settings}
+    summary = {"benchmark": run.name, **summary, "extraction": run.extraction, "settings": run.settings}
     if out is not None:
         (out / run.name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _regraded(store: SampleStore, records: list[dict[str, Any]], run: _Run) -> list[dict[str, Any]]:
+    """`records`, with those graded under another extraction mode (or before modes existed) graded
+    again in this run's mode and stored; the samples themselves are kept."""
+    stale = [i for i, r in enumerate(records) if r.get("extraction") != run.extraction]
+    if not stale:
+        return records
+    graded = grade(run.kind, [records[i]["completion"] for i in stale],
+                   [records[i]["gold"] or "" for i in stale], run.extraction)
+    fresh = [{**records[i], "extracted": extracted, "score": score or 0.0, "gradable": score is not None,
+              "extraction": run.extraction} for i, (extracted, score) in zip(stale, graded)]
+    store.add(fresh)
+    out = list(records)
+    for i, record in zip(stale, fresh):
+        out[i] = record
+    return out
 
 
 def _chunks(todo: _Todo, batch_size: int) -> Iterator[_Todo]:
@@ -175,10 +198,11 @@ def _sample_chunk(sampler: Sampler, chunk: _Todo, run: _Run,
         pending += [(ex, j, comp) for (ex, missing), comps in zip(items, outputs)
                     for j, comp in zip(missing, comps)]
     # One grading call per chunk keeps the grading pool's workers busy in parallel.
-    graded = grade(run.kind, [c.text for _, _, c in pending], [ex.answer or "" for ex, _, _ in pending])
+    graded = grade(run.kind, [c.text for _, _, c in pending], [ex.answer or "" for ex, _, _ in pending],
+                   run.extraction)
     return [{"item_id": ex.id, "sample_index": j, "prompt_hash": hashes[ex.id], "gold": ex.answer,
              "completion": comp.text, "extracted": extracted, "score": score or 0.0,
-             "gradable": score is not None,
+             "gradable": score is not None, "extraction": run.extraction,
              "length": len(comp.token_ids), "truncated": comp.finish_reason == "length"}
             for (ex, j, comp), (extracted, score) in zip(pending, graded)]
 

@@ -57,7 +57,8 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
     item_meta: per item id the meta fields named in `breakdown` (e.g. subject, level).
     Returns accuracy (= avg@n: mean over items of the mean score over samples), avg@n, pass@k and
     maj@k for k = 1..n (n = the fewest samples any item has), mean length, truncated fraction, the
-    fraction of samples with an extracted answer, the items whose gold the reward could not grade
+    extraction rate (fraction of samples with an extracted answer; also under its older name
+    answered_fraction, which the trainer logs), the items whose gold the reward could not grade
     (records with gradable False; scored 0), and per breakdown field {value: {items, accuracy}}.
     """
     by_item: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -67,12 +68,13 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
     if not samples:
         return {"items": 0, "samples": 0, "n": 0, "accuracy": 0.0, "pass@k": {}, "maj@k": {},
                 "mean_length": 0.0, "truncated_fraction": 0.0, "answered_fraction": 0.0,
-                "ungradable_items": 0, "breakdown": {}}
+                "extraction_rate": 0.0, "ungradable_items": 0, "breakdown": {}}
     for rs in by_item.values():
         rs.sort(key=lambda r: r["sample_index"])
     n = min(len(rs) for rs in by_item.values())
     item_acc = {i: sum(r["score"] for r in rs) / len(rs) for i, rs in by_item.items()}
     accuracy = sum(item_acc.values()) / len(item_acc)
+    extracted = _mean(float(_vote_key(r.get("extracted")) is not None) for r in samples)
     pass_k, maj_k = {}, {}
     for k in range(1, n + 1):
         pass_k[str(k)] = _mean(pass_at_k(len(rs), sum(is_correct(r["score"]) for r in rs), k)
@@ -84,7 +86,7 @@ def summarize(records: Iterable[Mapping[str, Any]], item_meta: Mapping[str, Mapp
         f"avg@{n}": accuracy, "pass@k": pass_k, "maj@k": maj_k,
         "mean_length": _mean(r["length"] for r in samples),
         "truncated_fraction": _mean(float(bool(r["truncated"])) for r in samples),
-        "answered_fraction": _mean(float(_vote_key(r.get("extracted")) is not None) for r in samples),
+        "answered_fraction": extracted, "extraction_rate": extracted,
         "ungradable_items": sum(not all(r.get("gradable", True) for r in rs) for rs in by_item.values()),
         "breakdown": _breakdown(item_acc, item_meta, breakdown),
     }

@@ -18,13 +18,16 @@ from duotune.eval.harness import evaluate
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table: benchmark, items, n, accuracy (avg@n), pass@n, maj@n, mean length, truncated."""
-    header = ("benchmark", "items", "n", "acc %", "pass@n %", "maj@n %", "mean len", "trunc %")
+    """A fixed-width table: benchmark, items, n, accuracy (avg@n), pass@n, maj@n, extraction rate and
+    mode, mean length, truncated."""
+    header = ("benchmark", "items", "n", "acc %", "pass@n %", "maj@n %", "extracted %", "extraction",
+              "mean len", "trunc %")
     rows = [header]
     for name, s in results.items():
         n = s.get("n", 0)
         rows.append((name, str(s.get("items", 0)), str(n), _pct(s.get("accuracy")),
                      _pct(s.get("pass@k", {}).get(str(n))), _pct(s.get("maj@k", {}).get(str(n))),
+                     _pct(s.get("extraction_rate")), str(s.get("extraction", "-")),
                      f"{s.get('mean_length', 0.0):.1f}", _pct(s.get("truncated_fraction"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))

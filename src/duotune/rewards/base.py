@@ -108,9 +108,10 @@ class PooledReward(Reward):
             values.append(0.0 if out.timed_out else out.value)
         return values
 
-    def verify_many(self, answers: list[str | None], golds: list[Any],
+    def verify_many(self, answers: list[str | tuple[str, ...] | None], golds: list[Any],
                     indices: list[int]) -> dict[int, float | None]:
-        """math-verify `answers[k]` against `golds[k]` for sample `indices[k]`: a missing answer
+        """math-verify `answers[k]` (a string or `final_answer`'s parts) against `golds[k]` for sample
+        `indices[k]`: a missing answer
         scores 0; an empty gold gives None; a gold without parseable maths gives None and a counted
         warning (`gold_unparseable`)."""
         out: dict[int, float | None] = {}

@@ -33,13 +33,18 @@ def answer_tag(text: str) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` / `\\fbox{...}` whose braces balance (nested braces kept).
+    """Contents of the last `\\boxed{...}` / `\\fbox{...}` whose braces balance (nested braces kept)."""
+    spans = box_spans(text, top_level=False)
+    return text[spans[-1][1]:spans[-1][2]].strip() if spans else None
 
-    One pass pairs every brace from the first marker on, so unbalanced or repeated markers stay linear.
-    """
+
+def box_spans(text: str, *, top_level: bool = True) -> list[tuple[int, int, int]]:
+    """(marker start, content start, content end) of every balanced `\\boxed{}` / `\\fbox{}`, in
+    order; with `top_level`, boxes inside another box are left out. One pass pairs every brace from
+    the first marker on, so unbalanced or repeated markers stay linear."""
     first = min((i for i in (text.find(m) for m in _BOX_MARKERS) if i >= 0), default=-1)
     if first < 0:
-        return None
+        return []
     match: dict[int, int] = {}
     stack: list[int] = []
     for m in re.finditer(r"[{}]", text[first:]):
@@ -48,11 +53,12 @@ def last_boxed(text: str) -> str | None:
             stack.append(pos)
         elif stack:
             match[stack.pop()] = pos
-    starts = sorted(i + len(mk) - 1 for mk in _BOX_MARKERS for i in _find_all(text, mk))
-    for brace in reversed(starts):
-        if brace in match:
-            return text[brace + 1:match[brace]].strip()
-    return None
+    starts = sorted((i, i + len(mk) - 1) for mk in _BOX_MARKERS for i in _find_all(text, mk))
+    spans: list[tuple[int, int, int]] = []
+    for marker, brace in starts:
+        if brace in match and not (top_level and spans and marker < spans[-1][2]):
+            spans.append((marker, brace + 1, match[brace]))
+    return spans
 
 
 def _find_all(text: str, sub: str) -> list[int]:

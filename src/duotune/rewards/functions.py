@@ -12,16 +12,21 @@ from typing import Any
 from duotune.errors import ConfigError, DataError
 from duotune.rewards.base import PooledReward, Reward, gold_letter
 from duotune.rewards.extract import answer_tag, extract_answer, last_boxed, normalize_mcq, parse_box, parse_int
+from duotune.rewards.final import check_mode, final_answer
 from duotune.rewards.pool import default_pool
 
 _THINK_ANSWER_GAP = re.compile(r"</think>\s*<answer>")
 
 
-def math_equal(pred_text: str, gold: str, *, allow_last_number: bool = False) -> bool:
-    """True iff the answer extracted from `pred_text` (see `extract_answer`) is math-verify-equivalent
-    to `gold`. Grades in the process-wide `GradingPool`, so a pathological answer times out (False)
-    instead of hanging; the gold is parsed once per worker and cached."""
-    answer = extract_answer(pred_text or "", allow_last_number=allow_last_number)
+def math_equal(pred_text: str, gold: str, *, mode: str = "strict") -> bool:
+    """True iff the answer `pred_text` states is math-verify-equivalent to `gold`: the one verifier
+    of training and evaluation. `mode` is the extraction mode (see `final_answer`): "strict" (the
+    default, as training rewards: the final `\\boxed{}` or `<answer>`) or "lenient" (as evaluation
+    reports: also "the final answer is ...", inline maths, the last number). Both share one
+    comparison (`duotune.rewards.verify.verify_answer`). Grades in the process-wide `GradingPool`,
+    so a pathological answer times out (False) instead of hanging; the gold is parsed once per
+    worker and cached."""
+    answer = final_answer(pred_text or "", mode)
     if answer is None or gold is None or not str(gold).strip():
         return False
     pool = default_pool()
@@ -32,16 +37,19 @@ def math_equal(pred_text: str, gold: str, *, allow_last_number: bool = False) ->
 
 
 class MathReward(PooledReward):
-    """math-verify equivalence of the extracted answer with the gold (1/0; None: gold has no maths)."""
+    """math-verify equivalence of the stated answer with the gold (1/0; None: gold has no maths).
+
+    mode: extraction mode, "strict" (final box or <answer>; training) or "lenient" (see final_answer).
+    """
 
     name = "math"
 
-    def __init__(self, allow_last_number: bool = False, pool: Any = None):
+    def __init__(self, mode: str = "strict", pool: Any = None):
         super().__init__(pool)
-        self.allow_last_number = allow_last_number
+        self.mode = check_mode(mode)
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
-        answers = [extract_answer(c, allow_last_number=self.allow_last_number) for c in completions]
+        answers = [final_answer(c, self.mode) for c in completions]
         idx = list(range(len(completions)))
         graded = self.verify_many(answers, list(columns["answer"]), idx)
         return [graded[i] for i in idx]
@@ -72,19 +80,23 @@ class FormatThinkAnswer(Reward):
 
 
 class AccuracyFormat(PooledReward):
-    """OThink-MR1 / R1-V reward R_acc + alpha * R_format (SPEC 2), alpha = 1: range [0, 1 + alpha]."""
+    """OThink-MR1 / R1-V reward R_acc + alpha * R_format (SPEC 2), alpha = 1: range [0, 1 + alpha].
+
+    mode: extraction mode of R_acc's answer, "strict" (final box or <answer>) or "lenient".
+    """
 
     name = "accuracy_format"
     kind = "accuracy_format"
 
-    def __init__(self, alpha: float = 1.0, pool: Any = None):
+    def __init__(self, alpha: float = 1.0, mode: str = "strict", pool: Any = None):
         super().__init__(pool)
         self.alpha = float(alpha)
+        self.mode = check_mode(mode)
 
     def score(self, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
         golds = list(columns["answer"])
         seconds = self.grading_pool().inner_seconds
-        jobs = [(extract_answer(c), answer_tag(c), "" if g is None else str(g), seconds)
+        jobs = [(final_answer(c, self.mode), answer_tag(c), "" if g is None else str(g), seconds)
                 for c, g in zip(completions, golds)]
         idx = list(range(len(completions)))
         acc = self.run_pool("duotune.rewards.verify:accuracy_score", jobs, idx, group_key=lambda job: job[2])
