@@ -273,3 +273,19 @@ def test_list_method_prints_settings_with_defaults_and_paper():
     help_out = subprocess.run([sys.executable, "-m", "duotune.cli", "train", "--help", "luffy"],
                               capture_output=True, text=True, check=True).stdout
     assert "demo_weight.gamma" in help_out and "[default: 0.1]" in help_out and "clip" in help_out
+
+
+def test_reward_params_reach_the_reward(tmp_path, data_file):
+    """reward.params sets a reward's keyword parameters: the verifier's mode (issue 17) here."""
+    from types import SimpleNamespace
+
+    from duotune.trainers.scoring import score_rollout
+
+    rollout = SimpleNamespace(texts=["Adding them, the final answer is 3."], is_demo=[False],
+                              columns=lambda: {"answer": ["3"]})
+    for params, expect in (({}, 0.0), ({"math": {"mode": "lenient"}}, 1.0)):
+        cfg = _cfg(tmp_path, data_file, "grpo", "reward.names=[math]", f"reward.params={json.dumps(params)}")
+        total, correct, _ = score_rollout(rollout, cfg.reward)
+        assert total.tolist() == [expect] and correct.tolist() == [bool(expect)]
+    with pytest.raises(ConfigError, match=r"reward.params names \['mcq'\]"):
+        _cfg(tmp_path, data_file, "grpo", "reward.names=[math]", "reward.params={mcq: {}}")

@@ -7,6 +7,7 @@ Imports torch, algos and rewards; knows nothing of models or losses.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import torch
@@ -16,9 +17,10 @@ from duotune.rewards import RewardManager
 
 
 @functools.lru_cache(maxsize=8)
-def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...]) -> RewardManager:
-    """One RewardManager per reward config, built once and reused across steps."""
-    return RewardManager(list(zip(names, weights)))
+def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...], params: str) -> RewardManager:
+    """One RewardManager per reward config (params as sorted JSON), built once and reused across steps."""
+    by_name = json.loads(params)
+    return RewardManager([(n, w, by_name.get(n, {})) for n, w in zip(names, weights)])
 
 
 def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -29,7 +31,7 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     does not inflate them; the demo's own mean is `reward/demo_mean`.
     """
     weights = tuple(cfg.weights or [1.0] * len(cfg.names))
-    manager = _reward_manager(tuple(cfg.names), weights)
+    manager = _reward_manager(tuple(cfg.names), weights, json.dumps(cfg.params, sort_keys=True))
     totals, components, metrics = manager.score(list(rollout.texts), rollout.columns())
     correct = torch.tensor(manager.correct(components), dtype=torch.bool)
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
