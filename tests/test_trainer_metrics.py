@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from duotune.errors import ConfigError, DuotuneError
+from duotune.trainers.distributed import Parallel
 from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
 from duotune.trainers.step import StageState, _update
 
@@ -73,9 +75,10 @@ def _state(max_bad: int = 2) -> StageState:
     kl.update = lambda observed, step: kl.updates.append(step)
     cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    acc = Accelerator(cpu=True)
     return StageState(cfg=cfg, bundle=SimpleNamespace(model=model), encoder=None, sampler=None,
                       reference=None, optimizer=opt, scheduler=sched, kl=kl, examples=[],
-                      accelerator=SimpleNamespace(num_processes=1), logger=None)
+                      accelerator=acc, logger=None, parallel=Parallel(acc, model, "single"))
 
 
 def test_non_finite_loss_or_gradient_skips_the_update_then_stops_the_run():

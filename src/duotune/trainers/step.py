@@ -18,7 +18,7 @@ from duotune.errors import DuotuneError
 from duotune.rollout import SamplingParams, build_groups, collate
 from duotune.trainers.compute import backward_full_batch, batch_logprobs
 from duotune.trainers.methods import METHODS, LossInputs, advantages, score_rollout
-from duotune.trainers.optim import all_reduce_grads, prompt_indices
+from duotune.trainers.optim import prompt_indices
 
 
 @dataclass
@@ -36,11 +36,12 @@ class StageState:
     examples: list[Any]
     accelerator: Any
     logger: Any
+    parallel: Any = None  # trainers.distributed.Parallel: the prepared policy (forwards, backward)
     bad_in_row: int = 0
     opt_steps: int = 0
 
 
-def _rollout(st: StageState, step: int) -> tuple[Any, Any, dict[str, float]]:
+def _rollout(st: StageState, step: int) -> tuple[Any, Any, dict[str, Any]]:
     cfg, acc = st.cfg, st.accelerator
     method = METHODS.get(cfg.method)
     idx = prompt_indices(len(st.examples), cfg.prompts_per_step, step, acc.process_index,
@@ -56,12 +57,17 @@ def _rollout(st: StageState, step: int) -> tuple[Any, Any, dict[str, float]]:
                            demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
                            max_completion_length=cfg.rollout.max_completion_length)
     batch = collate(rollout, st.encoder)
-    return rollout, batch, {"n_prompts": float(len(examples))}
+    record: dict[str, Any] = {"n_prompts": float(len(examples))}
+    if acc.num_processes > 1:  # the dataset rows each rank trained on (ranks must split the data)
+        from accelerate.utils import gather_object
+
+        record["data/rows_by_rank"] = gather_object([idx])
+    return rollout, batch, record
 
 
 def train_step(st: StageState, step: int) -> dict[str, Any]:
     """Sample, score and update; the returned record holds every metric of this step."""
-    cfg, model = st.cfg, st.bundle.model
+    cfg, model = st.cfg, st.parallel.model  # forwards go through the DDP/FSDP/DeepSpeed wrapper
     method = METHODS.get(cfg.method)
     device = next(model.parameters()).device
     t0 = time.perf_counter()
@@ -79,12 +85,14 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
         mask[batch.truncated & ~batch.is_demo] = 0
     budget = cfg.compute.token_budget
-    share = cfg.compute.share_prompts
-    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
-                if st.reference is not None else None)
+    par = st.parallel
+    # Sharded ranks must run the same forwards; a shared prompt costs one more forward on some ranks.
+    share = cfg.compute.share_prompts and not par.sharded
+    ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False, share_prompts=share,
+                               parallel=par)[0] if st.reference is not None else None)
     # Old log-probs only matter when the same batch is reused (rho != 1); with one update rho == 1.
-    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, share_prompts=share)[0]
-                if cfg.num_iterations > 1 else None)
+    old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, share_prompts=share,
+                               parallel=par)[0] if cfg.num_iterations > 1 else None)
     t1 = time.perf_counter()
     for _ in range(cfg.num_iterations):
         inputs = LossInputs(cfg=cfg, batch=batch, mask=mask, rewards=rewards.to(device),
@@ -94,7 +102,7 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
         loss, lmet, _, _ = backward_full_batch(model, st.encoder, batch, lambda lp, h, inputs=inputs: method.loss(inputs, lp, h),
                                                budget, with_entropy=True,
                                                entropy_grad=method.entropy_grad or bool(cfg.algo.entropy_coef),
-                                               share_prompts=share)
+                                               share_prompts=share, parallel=par)
         record.update(lmet)
         record.update(_update(st, loss, lmet))
     t_train = time.perf_counter() - t1
@@ -112,11 +120,7 @@ def _update(st: StageState, loss: torch.Tensor, lmet: dict[str, float]) -> dict[
     """Optimizer step, or a skipped update (warning) when the loss or the gradient norm is not finite."""
     if not torch.isfinite(loss):
         return _skip(st, f"non-finite loss ({loss.item()})")
-    model = st.bundle.model
-    all_reduce_grads(model, st.accelerator)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = st.cfg.optim.grad_clip
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+    norm = st.parallel.clip_grad_norm(st.cfg.optim.grad_clip)  # on the rank-averaged gradients
     if not torch.isfinite(norm):  # a finite loss can still overflow in backward: same treatment
         return _skip(st, f"non-finite gradient norm ({float(norm)})")
     st.bad_in_row = 0
