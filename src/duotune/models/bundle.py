@@ -105,6 +105,17 @@ def freeze_vision_tower(model: Any) -> int:
     return frozen
 
 
+def vision_modules(model: Any) -> list[Any]:
+    """The outermost vision tower and projector modules of a VLM (empty for a text model): the
+    modules `get_image_features` runs, which `generate` calls outside the model's own forward."""
+    found: list[tuple[str, Any]] = []
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in _TOWER_PARTS + _PROJECTOR_PARTS and not any(
+                name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, module))
+    return [m for _, m in found]
+
+
 def strip_gguf_quantizer(model: Any) -> None:
     """Forget that `model` was loaded from a GGUF file (its weights are already dequantised).
 

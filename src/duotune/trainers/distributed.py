@@ -3,7 +3,8 @@ the `accelerate launch --config_file configs/accelerate/...` file; the policy an
 `accelerator.prepare`, micro-batches accumulate without communication until the last one, and
 checkpoints get consolidated weights and accelerate's (sharded) optimizer state.
 
-duotune never averages gradients or shards parameters itself. Imports torch and accelerate only.
+duotune never averages gradients or shards parameters itself. Imports torch, accelerate and
+`duotune.models.bundle` (to find a VLM's vision modules).
 """
 
 from __future__ import annotations
@@ -221,6 +222,8 @@ def prepare(acc: Any, model: Any, optimizer: Any, *, grad_clip: float | None, fi
     acc.free_memory()  # forget an earlier stage's model/optimizer (save_state would write them too)
     if kind == "deepspeed":
         _fill_deepspeed_config(acc, grad_clip)
+    if kind == "fsdp2":
+        _fsdp_units(acc, model)
     if acc.ddp_handler is not None:
         # A VLM batch without images leaves the vision tower unused in that forward.
         acc.ddp_handler.find_unused_parameters = find_unused
@@ -232,7 +235,57 @@ def prepare(acc: Any, model: Any, optimizer: Any, *, grad_clip: float | None, fi
         # transformers' own FSDP2 marker: `generate` then keeps every rank forwarding until all are
         # done (synced_gpus), since each forward gathers parameters from all ranks.
         par.module._is_fsdp_managed_module = True
+        _fsdp_lazy_init(par)
     return par, optimizer
+
+
+def _fsdp_units(acc: Any, model: Any) -> None:
+    """The FSDP2 wrap classes when the config names none: the model's `_no_split_modules` that it
+    really has (LLaVA lists CLIP's text embeddings too, which accelerate then fails to find) plus a
+    VLM's vision tower and projector. `generate` encodes the images before the model's forward, so
+    those must gather their own parameters (the root unit's are only gathered inside its forward)."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from duotune.models.bundle import vision_modules
+
+    plugin = acc.state.fsdp_plugin
+    # accelerate resolves the policy for one model in place; keep the config's own settings so a
+    # later stage (or run in this process) with another model starts from them again.
+    policy, configured = vars(plugin).setdefault("_duotune_wrap", (plugin.auto_wrap_policy,
+                                                                   plugin.transformer_cls_names_to_wrap))
+    plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = policy, configured
+    if policy is not transformer_auto_wrap_policy or configured:
+        return  # a size-based policy or layer classes named in the config
+    present = {type(m).__name__ for m in model.modules()}
+    names = [n for n in getattr(model, "_no_split_modules", None) or [] if n in present]
+    vision = [type(u).__name__ for m in vision_modules(model) for u in _vision_units(m)]
+    plugin.transformer_cls_names_to_wrap = list(dict.fromkeys(names + vision))
+
+
+def _vision_units(module: Any) -> list[Any]:
+    """The modules to shard as units for one vision module: itself, or for a transformers sub-model
+    (CLIP's vision model, Qwen-VL's `visual`) its parameter-holding children, since FSDP2 renames a
+    wrapped class and transformers finds a sub-model's output recorder (the hidden states LLaVA's
+    projector reads) by its class name. Layer lists are left to the model's no-split layers."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(module, PreTrainedModel):
+        return [module]
+    return [c for c in module.children() if not isinstance(c, (torch.nn.ModuleList, torch.nn.ModuleDict))
+            and any(True for _ in c.parameters())]
+
+
+def _fsdp_lazy_init(par: Parallel) -> None:
+    """One forward through the root: FSDP2 sets itself up in the root's first forward, and a VLM's
+    `generate` would otherwise call the vision unit first ("FSDP requires running forward through
+    the root module first"). Every rank runs it, so the gathers match."""
+    from duotune.models.bundle import vision_modules
+
+    if not vision_modules(par.module):
+        return
+    ids = torch.zeros((1, 1), dtype=torch.long, device=par.accelerator.device)
+    with torch.no_grad():
+        par.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
 def _fill_deepspeed_config(acc: Any, grad_clip: float | None) -> None:
