@@ -25,9 +25,8 @@ from duotune.rollout import CollatedBatch, PromptEncoder
 LossFn = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
 
 
-def micro_batches(batch: CollatedBatch, token_budget: int, count: int = 0) -> list[torch.Tensor]:
-    """Row-index groups whose padded size (rows x longest row) stays within `token_budget`; with
-    `count`, the largest groups are halved until there are that many (or one row in each)."""
+def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]:
+    """Row-index groups whose padded size (rows x longest row) stays within `token_budget`."""
     lengths = batch.row_lengths()
     order = torch.argsort(lengths, stable=True).tolist()
     groups: list[list[int]] = []
@@ -40,22 +39,22 @@ def micro_batches(batch: CollatedBatch, token_budget: int, count: int = 0) -> li
         current.append(r)
     if current:
         groups.append(current)
-    while len(groups) < count and max(len(g) for g in groups) > 1:
-        big = max(range(len(groups)), key=lambda i: len(groups[i]))
-        g = groups.pop(big)
-        groups[big:big] = [g[:len(g) // 2], g[len(g) // 2:]]
     return [torch.tensor(g, dtype=torch.long) for g in groups]
 
 
 def _plan(batch: CollatedBatch, token_budget: int, parallel: Any) -> tuple[list[torch.Tensor], int]:
     """Micro-batches and how many padding forwards to add: sharded ranks (FSDP2, DeepSpeed gather
-    parameters inside every forward) must all run the same number, so a rank with fewer splits its
-    groups, and one with too few rows re-runs its last row with no gradient."""
+    parameters inside every forward) must all run the same number, so a rank with fewer halves its
+    largest groups (smaller groups stay within the budget), and one with too few rows re-runs its
+    last row with no gradient."""
     mbs = micro_batches(batch, token_budget)
     if parallel is None or not parallel.sharded:
         return mbs, 0
     want = parallel.same_count(len(mbs))
-    mbs = micro_batches(batch, token_budget, want)
+    while len(mbs) < want and max(len(g) for g in mbs) > 1:
+        big = max(range(len(mbs)), key=lambda i: len(mbs[i]))
+        g = mbs.pop(big)
+        mbs[big:big] = [g[:len(g) // 2], g[len(g) // 2:]]
     return mbs, want - len(mbs)
 
 
