@@ -54,12 +54,12 @@ def build_accelerator() -> Any:
     problem = launch_problem(os.environ, gpu)
     if problem:
         raise ConfigError(problem)
+    # Rotary tables are the only buffers and never change, so DDP need not broadcast them at every
+    # forward (that broadcast is a collective, and ranks run different numbers of forwards).
     handlers: list[Any] = [DistributedDataParallelKwargs(broadcast_buffers=False)]
     deepspeed_on_cpu = not gpu and _flag("ACCELERATE_USE_DEEPSPEED")
     if deepspeed_on_cpu:  # accelerate ignores DeepSpeed with cpu=True; with a backend named it runs on gloo
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    # Rotary tables are the only buffers and never change, so DDP need not broadcast them at every
-    # forward (that broadcast is a collective, and ranks run different numbers of forwards).
     acc = Accelerator(cpu=not gpu and not deepspeed_on_cpu, kwargs_handlers=handlers)
     if _flag("ACCELERATE_USE_FSDP"):
         if os.environ.get("FSDP_VERSION", "1") != "2":

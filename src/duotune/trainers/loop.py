@@ -181,6 +181,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         ckpt.set_rng_state(state["rng"])
         if par.sharded:  # model and optimizer shards (and each rank's own RNG) from accelerate's state
             par.load_state(result.checkpoint / ckpt.SHARDED)
+        elif "optimizer" not in state:
+            raise DuotuneError(f"{result.checkpoint} was written by a sharded run (FSDP2/DeepSpeed): resume it "
+                               "with the accelerate config it was trained with")
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
