@@ -22,7 +22,18 @@ from duotune.trainers.methods.relift import FailedQuestionBuffer, failed_questio
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
 
+def _single(model):
+    """A one-process stage's accelerator and prepared policy (what `loop._run_stage` builds)."""
+    from accelerate import Accelerator
+
+    from duotune.trainers.distributed import Parallel
+
+    acc = Accelerator(cpu=True)
+    return {"accelerator": acc, "parallel": Parallel(acc, model, "single")}
+
+
 @pytest.fixture(scope="module", autouse=True)
+
 def rewards():
     reg = Registry.all()["reward"]
     reg.register("test_never", lambda completions, **_: [0.0] * len(completions))
@@ -45,8 +56,9 @@ def _batch(correct):
 
 def _buffer(examples, b, model=None):
     s = METHODS.get("relift").settings.model_validate({"buffer_size": b})
-    stage = SimpleNamespace(examples=examples, bundle=SimpleNamespace(model=model or torch.nn.Linear(1, 1)),
-                            cfg=SimpleNamespace(optim=OptimCfg()), accelerator=SimpleNamespace(num_processes=1))
+    model = model or torch.nn.Linear(1, 1)
+    stage = SimpleNamespace(examples=examples, bundle=SimpleNamespace(model=model), cfg=SimpleNamespace(optim=OptimCfg()),
+                            **_single(model))
     return FailedQuestionBuffer(s, stage), stage
 
 
@@ -83,8 +95,7 @@ def test_sft_update_is_token_mean_nll_with_its_own_clipped_adamw():
     enc = PromptEncoder(bundle)
     cfg = SimpleNamespace(optim=OptimCfg(), rollout=SimpleNamespace(max_completion_length=8),
                           compute=SimpleNamespace(token_budget=4096, share_prompts=True))
-    stage = SimpleNamespace(examples=ex, bundle=bundle, encoder=enc, cfg=cfg,
-                            accelerator=SimpleNamespace(num_processes=1))
+    stage = SimpleNamespace(examples=ex, bundle=bundle, encoder=enc, cfg=cfg, **_single(bundle.model))
     buf = FailedQuestionBuffer(s, stage)
     rows = collate(build_groups(None, enc, ex, None, group_size=0, demo_in_group=False, demo_rows=True,
                                 max_completion_length=8), enc)

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from duotune.errors import ConfigError, DuotuneError
+from duotune.trainers.distributed import Parallel
 from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
 from duotune.trainers.step import StageState, _optimizer_step
 
@@ -71,9 +73,10 @@ def _state(max_bad: int = 2) -> StageState:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    acc = Accelerator(cpu=True)
     return StageState(cfg=cfg, method=None, needs=None, bundle=SimpleNamespace(model=model), encoder=None,
                       sampler=None, reference=None, optimizer=opt, scheduler=sched, kl=None, examples=[],
-                      accelerator=SimpleNamespace(num_processes=1), logger=None, total_updates=1)
+                      accelerator=acc, logger=None, total_updates=1, parallel=Parallel(acc, model, "single"))
 
 
 def test_non_finite_loss_or_gradient_skips_the_update_then_stops_the_run():

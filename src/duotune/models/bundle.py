@@ -105,6 +105,17 @@ def freeze_vision_tower(model: Any) -> int:
     return frozen
 
 
+def vision_modules(model: Any) -> list[Any]:
+    """The outermost vision tower and projector modules of a VLM (empty for a text model): the
+    modules `get_image_features` runs, which `generate` calls outside the model's own forward."""
+    found: list[tuple[str, Any]] = []
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in _TOWER_PARTS + _PROJECTOR_PARTS and not any(
+                name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, module))
+    return [m for _, m in found]
+
+
 def strip_gguf_quantizer(model: Any) -> None:
     """Forget that `model` was loaded from a GGUF file (its weights are already dequantised).
 
@@ -120,12 +131,13 @@ def strip_gguf_quantizer(model: Any) -> None:
             model.is_quantized = False
 
 
-def save_model(bundle: ModelBundle, path: str | Path) -> Path:
+def save_model(bundle: ModelBundle, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the model (safetensors) and its processor or tokenizer into the folder `path`.
 
     `load_model(path)` loads it back; a LoRA (peft) model is written with its adapters merged.
-    Writes in place: a caller that needs atomicity writes to a
-    temporary folder and renames it (the trainer does).
+    `state_dict`: the weights to write instead of the module's own (the consolidated weights of a
+    model sharded over ranks, gathered by the trainer). Writes in place: a caller that needs
+    atomicity writes to a temporary folder and renames it (the trainer does).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -135,6 +147,6 @@ def save_model(bundle: ModelBundle, path: str | Path) -> Path:
     if is_peft(model):  # LoRA: write the merged model, loadable without peft
         model = merged_copy(model)
     strip_gguf_quantizer(model)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     (bundle.processor if bundle.processor is not None else bundle.tokenizer).save_pretrained(path)
     return path

@@ -1,7 +1,8 @@
 """Per-token log-probs and entropies of given sequences, in micro-batches, with the LM head applied
 only where the loss mask is set (response tokens), so a [N, L, V] logits tensor never exists.
 
-Imports torch, `duotune.algos` (entropy) and `duotune.models.batching`; never trainers or rollout.
+Imports torch, accelerate (to unwrap DDP/DeepSpeed), `duotune.algos` (entropy) and
+`duotune.models.batching`; never trainers or rollout.
 """
 
 from __future__ import annotations
@@ -170,9 +171,11 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
 
 
 def unwrap_model(model: Any) -> Any:
-    """The transformers model inside DDP and/or PEFT wrappers (for its config and LM head)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
+    """The transformers model inside DDP / DeepSpeed and PEFT wrappers (for its config and LM head);
+    an FSDP2 module is the model itself."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

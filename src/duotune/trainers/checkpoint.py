@@ -1,5 +1,6 @@
 """Atomic checkpoints: model (safetensors via `models.save_model`), optimizer, scheduler, RNG, KL state
-(and for LoRA runs the unmerged trained tensors, so a resume continues the same adapters).
+(and for LoRA runs the unmerged trained tensors, so a resume continues the same adapters; for sharded
+runs accelerate's own state of the sharded model and optimizer, written by every rank).
 
 A checkpoint is written to a temporary folder and renamed into place, so the last good one is never
 lost; only the newest `keep_last` are kept. Imports torch and `duotune.models`; no trainer logic.
@@ -22,6 +23,7 @@ from duotune.models.lora import is_peft, save_trainable_state
 
 PREFIX = "checkpoint-"
 TRAINABLE = "trainable.safetensors"  # LoRA runs: adapters + fully trained modules, unmerged
+SHARDED = "accelerate"  # sharded runs: `accelerator.save_state` (model + optimizer shards, per-rank RNG)
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,15 +41,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, bundle: Any, trainer_state: dict[str, Any],
-                    keep_last: int) -> Path:
-    """Write checkpoint-<step> atomically; `trainer_state` holds optimizer/scheduler/KL/data state."""
-    final = run_dir / f"{PREFIX}{step:06d}"
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f"{PREFIX}{step:06d}"
+
+
+def staging_dir(run_dir: Path, step: int, *, fresh: bool = False) -> Path:
+    """The temporary folder checkpoint-<step> is written to (emptied first with `fresh`)."""
     tmp = run_dir / f".tmp-{PREFIX}{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(bundle, tmp / "model")
+    if fresh:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(run_dir: Path, step: int, bundle: Any, trainer_state: dict[str, Any],
+                    keep_last: int, *, state_dict: dict[str, Any] | None = None, staged: bool = False) -> Path:
+    """Write checkpoint-<step> atomically; `trainer_state` holds optimizer/scheduler/KL/data state.
+
+    state_dict: consolidated weights of a sharded model (else the module's own are saved).
+    staged: the ranks already wrote their shards into `staging_dir` (kept, not emptied)."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = staging_dir(run_dir, step, fresh=not staged)
+    save_model(bundle, tmp / "model", state_dict=state_dict)
     if is_peft(bundle.model):  # the adapters as trained (model/ holds them merged)
         save_trainable_state(bundle.model, tmp / TRAINABLE)
     torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")

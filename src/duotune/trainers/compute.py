@@ -5,12 +5,15 @@ needs several, the loss is first evaluated on no-grad log-probs of the whole bat
 w.r.t. the per-token log-probs/entropies is taken, and each micro-batch is replayed with grad and
 back-propagated with that upstream gradient: the result equals the full-batch gradient for every
 loss (any aggregation, batch-level normalisers), so micro-batching never changes the maths.
+Data-parallel (`parallel`, a `trainers.distributed.Parallel`): forwards go through the wrapped model,
+only the last micro-batch's backward communicates, and sharded ranks run equally many forwards.
 Imports torch, `duotune.models` and `duotune.rollout`; never rewards or data loaders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -28,6 +31,22 @@ def micro_batches(batch: CollatedBatch, token_budget: int) -> list[torch.Tensor]
     planner (`models.batching.plan_micro_batches`) that the log-prob forward also uses."""
     every = torch.ones(batch.num_rows, dtype=torch.bool, device=batch.attention_mask.device)
     return [mb.rows for mb in plan_micro_batches(batch.attention_mask, every, token_budget)]
+
+
+def _plan(batch: CollatedBatch, token_budget: int, parallel: Any) -> tuple[list[torch.Tensor], int]:
+    """Micro-batches and how many padding forwards to add: sharded ranks (FSDP2, DeepSpeed gather
+    parameters inside every forward) must all run the same number, so a rank with fewer halves its
+    largest groups (smaller groups stay within the budget), and one with too few rows re-runs its
+    last row with no gradient."""
+    mbs = micro_batches(batch, token_budget)
+    if parallel is None or not parallel.sharded:
+        return mbs, 0
+    want = parallel.same_count(len(mbs))
+    while len(mbs) < want and max(len(g) for g in mbs) > 1:
+        big = max(range(len(mbs)), key=lambda i: len(mbs[i]))
+        g = mbs.pop(big)
+        mbs[big:big] = [g[:len(g) // 2], g[len(g) // 2:]]
+    return mbs, want - len(mbs)
 
 
 def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, *, with_entropy: bool,
@@ -58,15 +77,15 @@ def response_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, 
 
 
 def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, token_budget: int, *,
-                   with_entropy: bool, temperature: float = 1.0,
-                   share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool, temperature: float = 1.0, share_prompts: bool = True,
+                   parallel: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad response log-probs/entropy for all rows (reference, old policy, or pass one)."""
-    mbs = micro_batches(batch, token_budget)
+    mbs, pads = _plan(batch, token_budget, parallel)
     n, t = batch.response_mask.shape
     logp = torch.zeros((n, t), dtype=torch.float32, device=batch.input_ids.device)
     ent = torch.zeros_like(logp) if with_entropy else None
     with torch.no_grad():
-        for rows in mbs:
+        for rows in mbs + [mbs[-1][-1:]] * pads:  # a padding forward rewrites its row's same values
             lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=with_entropy,
                                        temperature=temperature, share_prompts=share_prompts)
             logp[rows] = lp.float()
@@ -77,7 +96,7 @@ def batch_logprobs(model: Any, encoder: PromptEncoder, batch: CollatedBatch, tok
 
 def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch, loss_fn: LossFn,
                         token_budget: int, *, with_entropy: bool, entropy_grad: bool = True,
-                        share_prompts: bool = True, temperature: float = 1.0,
+                        share_prompts: bool = True, temperature: float = 1.0, parallel: Any = None,
                         ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Back-propagate `loss_fn(logp, entropy)` over the whole batch; returns (loss, metrics, logp, H).
 
@@ -85,34 +104,54 @@ def backward_full_batch(model: Any, encoder: PromptEncoder, batch: CollatedBatch
     temperature: log-probs and entropy of softmax(logits / T), the policy that sampled at T.
     entropy_grad False: the loss only reads the entropy (metrics, stop-gradient weights), so it is
     computed outside autograd.
-    Gradients are only accumulated here; data-parallel averaging happens after (see `loop`).
+    With `parallel` (data-parallel ranks) the backward goes through accelerate, every micro-batch
+    but the last only accumulates locally (`Parallel.accumulating`), and the last one averages the
+    gradients over the ranks; a non-finite loss on any rank skips the backward on all of them
+    (the returned loss is then NaN everywhere, so every rank skips the update).
     """
-    mbs = micro_batches(batch, token_budget)
-    if len(mbs) == 1:
+    mbs, pads = _plan(batch, token_budget, parallel)
+    if len(mbs) + pads == 1:
         logp, ent = response_logprobs(model, encoder, batch, with_entropy=with_entropy,
                                       entropy_grad=entropy_grad, temperature=temperature,
                                       share_prompts=share_prompts)
         loss, metrics = loss_fn(logp, ent)
-        if torch.isfinite(loss):
-            loss.backward()
+        if _all_finite(loss, parallel):
+            _backward(loss, parallel)
+        else:
+            loss = loss * float("nan")
         return loss.detach(), metrics, logp.detach(), None if ent is None else ent.detach()
     logp0, ent0 = batch_logprobs(model, encoder, batch, token_budget, with_entropy=with_entropy,
-                                 temperature=temperature, share_prompts=share_prompts)
+                                 temperature=temperature, share_prompts=share_prompts, parallel=parallel)
     leaf_logp = logp0.clone().requires_grad_(True)
     leaf_ent = ent0.clone().requires_grad_(True) if ent0 is not None and entropy_grad else ent0
     loss, metrics = loss_fn(leaf_logp, leaf_ent)
-    if not torch.isfinite(loss):
-        return loss.detach(), metrics, logp0, ent0
+    if not _all_finite(loss, parallel):
+        return loss.detach() * float("nan"), metrics, logp0, ent0
     inputs = [leaf_logp] + ([leaf_ent] if leaf_ent is not None and leaf_ent.requires_grad else [])
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     g_logp = grads[0] if grads[0] is not None else torch.zeros_like(logp0)
     g_ent = grads[1] if len(grads) > 1 and grads[1] is not None else None
     need_ent = with_entropy and g_ent is not None
-    for rows in mbs:
-        lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent,
-                                   temperature=temperature, share_prompts=share_prompts)
-        surrogate = (lp * g_logp[rows].to(lp.dtype)).sum()
-        if need_ent and en is not None:
-            surrogate = surrogate + (en * g_ent[rows].to(en.dtype)).sum()
-        surrogate.backward()
+    runs = [(rows, 1.0) for rows in mbs] + [(mbs[-1][-1:], 0.0)] * pads  # padding: no gradient
+    for i, (rows, weight) in enumerate(runs):
+        last = i == len(runs) - 1
+        with parallel.accumulating() if parallel is not None and not last else nullcontext():
+            lp, en = response_logprobs(model, encoder, batch.select(rows), with_entropy=need_ent,
+                                       temperature=temperature, share_prompts=share_prompts)
+            surrogate = (lp * g_logp[rows].to(lp.dtype)).sum()
+            if need_ent and en is not None:
+                surrogate = surrogate + (en * g_ent[rows].to(en.dtype)).sum()
+            _backward(surrogate if weight else surrogate * 0.0, parallel)
     return loss.detach(), metrics, logp0, ent0
+
+
+def _all_finite(loss: torch.Tensor, parallel: Any) -> bool:
+    finite = bool(torch.isfinite(loss))
+    return parallel.all_true(finite) if parallel is not None else finite
+
+
+def _backward(loss: torch.Tensor, parallel: Any) -> None:
+    if parallel is not None:
+        parallel.backward(loss)
+    else:
+        loss.backward()

@@ -24,9 +24,10 @@ from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param
 from duotune.rollout import HFSampler, PromptEncoder
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers.config import TrainConfig, stage_configs
+from duotune.trainers.distributed import build_accelerator, describe, parallel_kind, plain_loading, prepare
 from duotune.trainers.methods import METHODS
 from duotune.trainers.metrics import MetricsLogger, plot_curves
-from duotune.trainers.optim import broadcast_params, build_optimizer, resolve_dtype
+from duotune.trainers.optim import build_optimizer, resolve_dtype
 from duotune.trainers.step import StageState, train_step
 
 
@@ -48,9 +49,7 @@ def _run_dir(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Run every stage of `cfg` (one stage unless `stages` is set) and return the run folder."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = build_accelerator()  # DDP / FSDP2 / DeepSpeed as `accelerate launch` configured it
     torch.manual_seed(cfg.run.seed + accelerator.process_index)
     stages = stage_configs(cfg)
     run_dir = _run_dir(cfg)
@@ -66,6 +65,7 @@ def train(cfg: TrainConfig) -> RunResult:
                            tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
                            is_main=accelerator.is_main_process, run_name=run_dir.name,
                            config=cfg.model_dump(mode="json"))
+    logger.write(f"duotune: {describe(accelerator)}")
     result = RunResult(run_dir, global_step, checkpoint=resume)
     bundle = None
     try:
@@ -73,7 +73,7 @@ def train(cfg: TrainConfig) -> RunResult:
         for k, scfg in enumerate(stages):
             end = begin + scfg.steps
             if global_step < end:
-                bundle = _stage_bundle(scfg, k, bundle, run_dir, resume, accelerator)
+                bundle = _stage_bundle(scfg, k, bundle, run_dir, resume, accelerator, result.checkpoint)
                 result = _run_stage(scfg, k, begin, bundle, accelerator, run_dir, logger,
                                     state if resume and global_step > begin else None, result)
                 global_step = result.global_step
@@ -90,21 +90,32 @@ def train(cfg: TrainConfig) -> RunResult:
 
 
 def _stage_bundle(cfg: TrainConfig, k: int, prev: Any, run_dir: Path, resume: Path | None,
-                  accelerator: Any) -> Any:
+                  accelerator: Any, prev_checkpoint: Path | None) -> Any:
     """Stage weights: the resume checkpoint, else the previous stage's final model, else cfg.model.
 
+    A sharded run (FSDP2, DeepSpeed) starts each stage from plain weights: the previous stage's
+    consolidated final checkpoint, since its model lives in pieces on the ranks.
     With `lora.enabled` the stage is that model (saved as stage-<k>-init, adapters of an earlier
     stage merged in) plus fresh adapters; a resume reloads stage-<k>-init and the checkpoint's
     unmerged trained tensors, so it continues the very same adapters."""
+    sharded = parallel_kind(accelerator) in ("fsdp2", "deepspeed")
+    if cfg.lora.enabled and sharded:
+        raise DuotuneError("lora.enabled with a sharded accelerate config (FSDP2/DeepSpeed) is not supported: "
+                           "the adapters are small, train them data-parallel (configs/accelerate/ddp_gpu.yaml "
+                           "or multi_cpu.yaml)")
+
     def load(source: str) -> Any:
-        return load_model(source, dtype=resolve_dtype(cfg.compute.dtype, accelerator.device),
-                          device=accelerator.device, freeze_vision_tower=cfg.compute.freeze_vision_tower)
+        with plain_loading(accelerator):
+            return load_model(source, dtype=resolve_dtype(cfg.compute.dtype, accelerator.device),
+                              device=accelerator.device, freeze_vision_tower=cfg.compute.freeze_vision_tower)
 
     init = run_dir / f"stage-{k}-init"
     if resume is not None:
         if cfg.lora.enabled and not (init / "config.json").is_file():
             raise DuotuneError(f"cannot resume the LoRA run from {resume}: its stage start {init} is missing")
         bundle = load(str(init) if cfg.lora.enabled else str(resume / "model"))
+    elif prev is not None and sharded:
+        bundle = load(str(prev_checkpoint / "model"))
     elif prev is not None:
         if not cfg.lora.enabled and not is_peft(prev.model):
             return prev
@@ -121,8 +132,7 @@ def _stage_bundle(cfg: TrainConfig, k: int, prev: Any, run_dir: Path, resume: Pa
                                   targets=lo.target_modules, full_modules=lo.full_modules)
         if resume is not None:
             load_trainable_state(bundle.model, resume / ckpt.TRAINABLE)
-    bundle.model.train()
-    broadcast_params(bundle.model, accelerator)
+    bundle.model.train()  # `prepare` gives every rank rank 0's weights (DDP) or shards them (FSDP2, ZeRO)
     return bundle
 
 
@@ -133,8 +143,9 @@ def _reference(cfg: TrainConfig, needs: Any, k: int, bundle: Any, run_dir: Path,
     if not needs.reference:
         return None
     if resumed:  # the stage-start weights, saved when the stage began
-        ref = load_model(str(run_dir / f"stage-{k}-init"), device=accelerator.device,
-                         dtype=resolve_dtype(cfg.compute.dtype, accelerator.device)).model
+        with plain_loading(accelerator):
+            ref = load_model(str(run_dir / f"stage-{k}-init"), device=accelerator.device,
+                             dtype=resolve_dtype(cfg.compute.dtype, accelerator.device)).model
     else:
         ref = copy.deepcopy(bundle.model)
         if accelerator.is_main_process and not cfg.lora.enabled:  # LoRA stages saved it already
@@ -157,16 +168,27 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
     kl_term = cfg.algo.kl_term()
     # GRPO-D's schedule spans the stage's rollout steps: beta is constant within a rollout batch.
     kl = kl_term.build(cfg.steps) if needs.reference else None
+    reference = _reference(cfg, needs, k, bundle, run_dir, state is not None, accelerator)  # a plain copy
+    # The policy (a VLM may leave its tower unused in a forward) and its optimizer through accelerate;
+    # the reference and the sampler use the unwrapped model (`bundle.model` stays that object).
+    par, optimizer = prepare(accelerator, bundle.model, optimizer, grad_clip=cfg.optim.grad_clip,
+                             find_unused=bundle.is_vlm)
     st = StageState(cfg=cfg, method=method, needs=needs, bundle=bundle, encoder=PromptEncoder(bundle),
                     sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,
                                       suppress_tokens=bundle.vision_token_ids or None),
-                    reference=_reference(cfg, needs, k, bundle, run_dir, state is not None, accelerator),
-                    optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
-                    accelerator=accelerator, logger=logger, total_updates=total_opt)
+                    reference=reference, optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
+                    accelerator=accelerator, logger=logger, total_updates=total_opt, parallel=par)
     st.post_update = cfg.algo.post_update_hook(st)
     step = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        if par.sharded:  # model and optimizer shards (and each rank's own RNG) from accelerate's state
+            par.load_state(result.checkpoint / ckpt.SHARDED)
+        elif "optimizer" not in state:
+            raise DuotuneError(f"{result.checkpoint} was written by a sharded run (FSDP2/DeepSpeed): resume it "
+                               "with the accelerate config it was trained with")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if kl is not None and state.get("kl"):
             kl.load_state_dict(state["kl"])
@@ -174,7 +196,6 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         if st.post_update is not None and state.get("method_state"):
             st.post_update.load_state_dict(state["method_state"])
         step = int(state["global_step"]) - begin
-        ckpt.set_rng_state(state["rng"])
     while step < cfg.steps:
         t0 = time.perf_counter()
         record = train_step(st, step)
@@ -192,24 +213,34 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
     return result
 
 
-def _save(st: StageState, run_dir: Path, global_step: int) -> Path | None:
-    st.accelerator.wait_for_everyone()
-    path = None
-    if st.accelerator.is_main_process:
-        path = ckpt.save_checkpoint(run_dir, global_step, st.bundle, {
-            "global_step": global_step, "optimizer": st.optimizer.state_dict(),
-            "scheduler": st.scheduler.state_dict(), "kl": st.kl.state_dict() if st.kl is not None else {},
-            "bad_in_row": st.bad_in_row,
-            "method_state": st.post_update.state_dict() if st.post_update is not None else {}},
-            st.cfg.run.keep_last)
-    st.accelerator.wait_for_everyone()
-    return path
+def _save(st: StageState, run_dir: Path, global_step: int) -> Path:
+    """checkpoint-<step> (every rank calls it). Sharded runs: every rank writes its model and optimizer
+    shards through `accelerator.save_state`, and the main rank the consolidated model for export."""
+    acc, par = st.accelerator, st.parallel
+    acc.wait_for_everyone()
+    state = {"global_step": global_step, "scheduler": st.scheduler.state_dict(),
+             "kl": st.kl.state_dict() if st.kl is not None else {}, "bad_in_row": st.bad_in_row,
+             "method_state": st.post_update.state_dict() if st.post_update is not None else {}}
+    if par.sharded:
+        if acc.is_main_process:
+            ckpt.staging_dir(run_dir, global_step, fresh=True)
+        acc.wait_for_everyone()
+        par.save_state(ckpt.staging_dir(run_dir, global_step) / ckpt.SHARDED)
+    else:
+        state["optimizer"] = st.optimizer.state_dict()
+    weights = par.full_state_dict()  # collective; None unless sharded
+    if acc.is_main_process:
+        ckpt.save_checkpoint(run_dir, global_step, st.bundle, state, st.cfg.run.keep_last,
+                             state_dict=weights, staged=par.sharded)
+    acc.wait_for_everyone()
+    return ckpt.checkpoint_dir(run_dir, global_step)
 
 
 def _maybe_eval(st: StageState, global_step: int, record: dict[str, Any]) -> None:
     """`eval/<benchmark>/accuracy` every `eval.every` steps through `duotune.eval.run_eval_slice`."""
     ev = st.cfg.eval
-    if not ev.every or global_step % ev.every or not st.accelerator.is_main_process:
+    # Sharded weights are gathered inside every forward, so all ranks evaluate (only rank 0 logs).
+    if not ev.every or global_step % ev.every or not (st.accelerator.is_main_process or st.parallel.sharded):
         return
     from duotune.eval import run_eval_slice
 

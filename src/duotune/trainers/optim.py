@@ -58,31 +58,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def all_reduce_grads(model: torch.nn.Module, accelerator: Any) -> None:
-    """Average gradients over data-parallel processes (one flat buffer; no DDP wrapper needed,
-    so `compute_logprobs` may call sub-modules directly)."""
-    if accelerator.num_processes == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:  # every rank must contribute the same buffer layout
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = accelerator.reduce(flat, reduction="mean")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def broadcast_params(model: torch.nn.Module, accelerator: Any) -> None:
-    """Start every data-parallel process from rank 0's weights."""
-    if accelerator.num_processes == 1:
-        return
-    import torch.distributed as dist
-
-    for p in model.parameters():
-        dist.broadcast(p.data, src=0)

@@ -21,7 +21,7 @@ from duotune.errors import DuotuneError
 from duotune.rollout import CollatedBatch, SamplingParams, build_groups, collate
 from duotune.trainers.compute import backward_full_batch, batch_logprobs
 from duotune.trainers.methods import LossInputs, Method, Needs
-from duotune.trainers.optim import all_reduce_grads, prompt_indices
+from duotune.trainers.optim import prompt_indices
 from duotune.trainers.scoring import advantages, score_rollout
 
 EXPERT_SEED = 7_777_777  # offsets run.seed for the expert batch's own stream over the training rows
@@ -48,16 +48,21 @@ class StageState:
     bad_in_row: int = 0
     opt_steps: int = 0
     post_update: Any = None  # the method's PostUpdate hook (`MethodSettings.post_update_hook`), or None
+    parallel: Any = None     # trainers.distributed.Parallel: the prepared policy (forwards, backward, clip)
 
 
 def train_step(st: StageState, step: int) -> dict[str, Any]:
     """Sample, score and update; the returned record holds every metric of this step."""
-    cfg, settings, needs = st.cfg, st.cfg.algo, st.needs
-    model = st.bundle.model
+    cfg, settings, needs, par = st.cfg, st.cfg.algo, st.needs, st.parallel
+    model = par.model  # forwards go through the DDP/FSDP/DeepSpeed wrapper
     t0 = time.perf_counter()
-    rollout, batch = _rollout(st, step)
+    rollout, batch, rows = _rollout(st, step)
     t_roll = time.perf_counter() - t0
     record: dict[str, Any] = {"n_prompts": float(len(rollout.examples) - rollout.n_expert)}
+    if st.accelerator.num_processes > 1:  # the dataset rows each rank trained on (ranks must split the data)
+        from accelerate.utils import gather_object
+
+        record["data/rows_by_rank"] = gather_object([rows])
     if st.method.uses_reward:
         batch.rewards, batch.correct, rmetrics = score_rollout(rollout, cfg.reward)
         record.update(rmetrics)
@@ -69,14 +74,16 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     record.update(_length_metrics(batch))
     if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
         batch.response_mask[batch.truncated & ~batch.is_demo] = 0
-    budget, share, temp = cfg.compute.token_budget, cfg.compute.share_prompts, needs.temperature
+    budget, temp = cfg.compute.token_budget, needs.temperature
+    # Sharded ranks must run the same forwards; a shared prompt costs one more forward on some ranks.
+    share = cfg.compute.share_prompts and not par.sharded
     # Log-probs at the rollout temperature (TRL, verl): the policy that sampled is softmax(logits / T).
     ref_logp = (batch_logprobs(st.reference, st.encoder, batch, budget, with_entropy=False,
-                               temperature=temp, share_prompts=share)[0] if needs.reference else None)
+                               temperature=temp, share_prompts=share, parallel=par)[0] if needs.reference else None)
     # The sampling policy's log-probs, only when a ratio can differ from 1 (a later update on samples
     # an earlier update of this step already moved the policy for).
     old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, temperature=temp,
-                               share_prompts=share)[0] if needs.old_logp else None)
+                               share_prompts=share, parallel=par)[0] if needs.old_logp else None)
     beta = float(st.kl.value) if st.kl is not None else 0.0  # one beta per rollout batch
     t1 = time.perf_counter()
     updates: dict[str, list[float]] = defaultdict(list)
@@ -104,8 +111,9 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     return record
 
 
-def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch]:
-    """The step's prompts (a pure function of seed, step and rank), sampled and collated once."""
+def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch, list[int]]:
+    """The step's prompts (a pure function of seed, step and rank), sampled and collated once; also
+    returns the dataset rows this rank drew."""
     cfg, acc = st.cfg, st.accelerator
     idx = prompt_indices(len(st.examples), cfg.prompts_per_step, step, acc.process_index,
                          acc.num_processes, cfg.run.seed, cfg.data.shuffle)
@@ -125,7 +133,7 @@ def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch]:
     rollout = build_groups(st.sampler, st.encoder, examples, params, group_size=group_size,
                            demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
                            max_completion_length=cfg.rollout.max_completion_length, expert_demos=experts)
-    return rollout, collate(rollout, st.encoder)
+    return rollout, collate(rollout, st.encoder), idx
 
 
 def mini_batches(batch: CollatedBatch, k: int) -> list[torch.Tensor]:
@@ -165,10 +173,11 @@ def _update(st: StageState, rows: CollatedBatch, old_logp: torch.Tensor | None, 
 
     st.optimizer.zero_grad(set_to_none=True)
     entropy_grad = st.method.entropy_grad or bool(getattr(settings, "entropy_coef", 0.0))
-    loss, lmet, _, _ = backward_full_batch(st.bundle.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
+    par = st.parallel
+    loss, lmet, _, _ = backward_full_batch(par.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
                                            with_entropy=True, entropy_grad=entropy_grad,
-                                           share_prompts=cfg.compute.share_prompts,
-                                           temperature=st.needs.temperature)
+                                           share_prompts=cfg.compute.share_prompts and not par.sharded,
+                                           temperature=st.needs.temperature, parallel=par)
     return {**lmet, **_optimizer_step(st, loss)}, outs[-1].kl
 
 
@@ -176,11 +185,7 @@ def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
     """Optimizer step, or a skipped update (warning) when the loss or the gradient norm is not finite."""
     if not torch.isfinite(loss):
         return _skip(st, f"non-finite loss ({loss.item()})")
-    model = st.bundle.model
-    all_reduce_grads(model, st.accelerator)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = st.cfg.optim.grad_clip
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+    norm = st.parallel.clip_grad_norm(st.cfg.optim.grad_clip)  # on the rank-averaged gradients
     if not torch.isfinite(norm):  # a finite loss can still overflow in backward: same treatment
         return _skip(st, f"non-finite gradient norm ({float(norm)})")
     st.bad_in_row = 0

@@ -12,7 +12,6 @@ B. Imports torch, pydantic and the methods' base and GRPO; the model-side module
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -57,6 +56,10 @@ class FailedQuestionBuffer:
     """ReLIFT's buffer and SFT update (a `PostUpdate` hook)."""
 
     def __init__(self, settings: ReliftSettings, stage: Any):
+        if stage.parallel is not None and stage.parallel.sharded:
+            raise DuotuneError("relift's SFT update has its own optimizer, which FSDP2/DeepSpeed do not shard; "
+                               "train relift single-process or with DDP (configs/accelerate/multi_cpu.yaml, "
+                               "ddp_gpu.yaml)")
         self.settings, self.examples = settings, stage.examples
         self._row = {id(ex): i for i, ex in enumerate(stage.examples)}
         self.params = [p for p in stage.bundle.model.parameters() if p.requires_grad]
@@ -86,9 +89,8 @@ class FailedQuestionBuffer:
         """One AdamW step of token-mean NLL (- entropy bonus) over the demos of `take`."""
         from duotune.rollout import build_groups, collate  # model-side modules, loaded when used
         from duotune.trainers.compute import backward_full_batch
-        from duotune.trainers.optim import all_reduce_grads
 
-        cfg, s, model = stage.cfg, self.settings, stage.bundle.model
+        cfg, s, model, par = stage.cfg, self.settings, stage.bundle.model, stage.parallel
         rows = build_groups(None, stage.encoder, [self.examples[i] for i in take], None, group_size=0,
                             demo_in_group=False, demo_rows=True,
                             max_completion_length=cfg.rollout.max_completion_length)
@@ -101,12 +103,10 @@ class FailedQuestionBuffer:
 
         self.optimizer.zero_grad(set_to_none=True)
         loss, metrics, _, _ = backward_full_batch(
-            model, stage.encoder, batch, loss_fn, cfg.compute.token_budget,
+            par.model, stage.encoder, batch, loss_fn, cfg.compute.token_budget,
             with_entropy=bool(s.sft_entropy_coef), entropy_grad=bool(s.sft_entropy_coef),
-            share_prompts=cfg.compute.share_prompts, temperature=1.0)
-        all_reduce_grads(model, stage.accelerator)
-        clip = s.sft_grad_clip if s.sft_grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            share_prompts=cfg.compute.share_prompts, temperature=1.0, parallel=par)
+        norm = par.clip_grad_norm(s.sft_grad_clip)  # on the rank-averaged gradients
         ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))
         if ok:  # a non-finite SFT update is skipped, like a non-finite RL update
             self.optimizer.step()
