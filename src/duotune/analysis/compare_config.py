@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from duotune.config import Cfg
 
 DEFAULT_METHODS = ["base", "sft", "grpo", "grpo_d", "sft_then_grpo", "grpo_then_sft", "rl_sft_loss",
-                   "luffy", "srft"]
+                   "luffy", "srft", "uft", "prefix_rft", "trapo", "distill", "dapo"]
 
 
 class TaskSourceCfg(Cfg):

@@ -1,6 +1,7 @@
 """The comparison's PNG figures: accuracy vs steps and vs training wall time, and the training curves
 read from each run's metrics.jsonl (reward, entropy, response length, KL, SRFT's w_sft / w_rl,
-GRPO-D's beta), one line per method (mean over seeds at each step).
+GRPO-D's beta, expert-prefix length, KL to a distillation teacher, DAPO's sampling rounds), one line
+per method (mean over seeds at each step).
 
 Imports matplotlib (Agg) and json only; no torch.
 """
@@ -24,6 +25,9 @@ TRAINING_PANELS = [
     ("kl_trainer", "KL to the reference (trainer, where beta > 0)", ["kl/mean"]),
     ("srft_weights", "SRFT weights w_sft and w_rl", ["srft/w_sft", "srft/w_rl"]),
     ("grpo_d_beta", "KL weight beta (GRPO-D schedule)", ["kl/beta"]),
+    ("prefix_length", "prefix tokens per hybrid row, expert-prefix methods", ["prefix/len_mean"]),
+    ("distill_kl", "KL(student || teacher) per token, on the student's samples", ["distill/reverse_kl"]),
+    ("dynamic_rounds", "sampling rounds per step, DAPO dynamic sampling", ["dynamic/rounds"]),
 ]
 
 

@@ -34,6 +34,12 @@ class RolloutCfg(Cfg):
     top_k: int | None = Field(None, description="top-k filter (None = off)")
     max_completion_length: int = Field(256, ge=1, description="max new tokens; demos are cut to it too")
     drop_truncated: bool = Field(False, description="drop samples without EOS from the loss (DAPO)")
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards "
+                                   "are all equal and sample more prompts until the step holds "
+                                   "prompts_per_step informative groups (trainers.sampling)")
+    max_extra_rounds: int = Field(3, ge=0, description="dynamic sampling: extra sampling rounds per step "
+                                  "at most, then the batch is filled with equal-reward groups (verl: "
+                                  "max_num_gen_batches - 1)")
     batch_size: int = Field(64, ge=1, description="sequences per `generate` call")
 
 
@@ -42,12 +48,18 @@ class RewardCfg(Cfg):
         ["math"], description="rewards, summed: registered names (duotune list reward), "
         "'pkg.mod:fn' (your function) or 'verl:pkg.mod.compute_score'")
     weights: list[float] | None = Field(None, description="one weight per reward (default all 1)")
+    params: dict[str, dict[str, Any]] = Field({}, description="keyword parameters of named rewards, e.g. "
+                                              "{overlong: {max_len: 256, cache: 64}} (see `duotune list reward`)")
 
     @model_validator(mode="after")
     def _weights_match(self) -> RewardCfg:
         if self.weights is not None and len(self.weights) != len(self.names):
             raise ValueError(f"reward.weights has {len(self.weights)} entries for "
                              f"{len(self.names)} reward names; give one weight per name")
+        extra = sorted(set(self.params) - set(self.names))
+        if extra:
+            raise ValueError(f"reward.params names {extra}, which are not in reward.names {self.names}; "
+                             "add them to reward.names or drop their params")
         return self
 
 

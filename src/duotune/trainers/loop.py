@@ -28,6 +28,7 @@ from duotune.trainers.methods import METHODS
 from duotune.trainers.metrics import MetricsLogger, plot_curves
 from duotune.trainers.optim import broadcast_params, build_optimizer, resolve_dtype
 from duotune.trainers.step import StageState, train_step
+from duotune.trainers.teacher import load_teacher
 
 
 @dataclass
@@ -162,7 +163,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
                                       suppress_tokens=bundle.vision_token_ids or None),
                     reference=_reference(cfg, needs, k, bundle, run_dir, state is not None, accelerator),
                     optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
-                    accelerator=accelerator, logger=logger, total_updates=total_opt)
+                    accelerator=accelerator, logger=logger, total_updates=total_opt,
+                    teacher=load_teacher(cfg.algo.teacher_spec(), bundle, cfg.model, resolve_dtype(
+                        cfg.compute.dtype, accelerator.device), accelerator.device) if needs.teacher else None)
     step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -7,6 +7,7 @@ Imports torch, algos and rewards; knows nothing of models or losses.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import torch
@@ -16,9 +17,11 @@ from duotune.rewards import RewardManager
 
 
 @functools.lru_cache(maxsize=8)
-def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...]) -> RewardManager:
-    """One RewardManager per reward config, built once and reused across steps."""
-    return RewardManager(list(zip(names, weights)))
+def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...], params: tuple[str, ...] = ()) -> RewardManager:
+    """One RewardManager per reward config, built once and reused across steps (params as JSON)."""
+    if not params:
+        return RewardManager(list(zip(names, weights)))
+    return RewardManager([(n, w, json.loads(p)) for n, w, p in zip(names, weights, params)])
 
 
 def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -29,11 +32,15 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     does not inflate them; the demo's own mean is `reward/demo_mean`.
     """
     weights = tuple(cfg.weights or [1.0] * len(cfg.names))
-    manager = _reward_manager(tuple(cfg.names), weights)
-    totals, components, metrics = manager.score(list(rollout.texts), rollout.columns())
+    params = tuple(json.dumps(cfg.params.get(n, {}), sort_keys=True) for n in cfg.names) if cfg.params else ()
+    manager = _reward_manager(tuple(cfg.names), weights, params)
+    columns = rollout.columns()
+    columns.setdefault("completion_ids", [list(r) for r in rollout.responses])  # TRL's column
+    totals, components, metrics = manager.score(list(rollout.texts), columns)
     correct = torch.tensor(manager.correct(components), dtype=torch.bool)
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
-    on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
+    off = torch.tensor(rollout.off_policy(), dtype=torch.bool)  # demos and expert-prefix rows
+    on_policy = ~off if bool((~off).any()) else torch.ones_like(off)
     for name, vals in components.items():
         r = torch.tensor([0.0 if v is None else float(v) for v in vals])[on_policy]
         metrics[f"reward/{name}/mean"] = float(r.mean())
@@ -43,6 +50,8 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
                     "reward/std": float(total[on_policy].std(unbiased=False))})
     if bool(demo.any()):
         metrics["reward/demo_mean"] = float(total[demo].mean())
+    if bool((off & ~demo).any()):
+        metrics["reward/prefix_mean"] = float(total[off & ~demo].mean())
     return total, correct, metrics
 
 
@@ -51,7 +60,8 @@ def advantages(stats: tuple[str, float, bool] | None, rollout: Any, rewards: tor
     """Group advantages over the [B, G] groups; rows outside groups (demo rows) get 0.
 
     stats = (estimator, eps, demos in the statistics) from the method's settings (axis 4: with the
-    last False the demo is left out of the mean/std, as RL-PLUS and TRAPO do); None = no groups.
+    last False the demo is left out of the mean/std, as RL-PLUS and TRAPO do; expert-prefix rows
+    count as demos here); None = no groups.
     """
     gids = torch.tensor(rollout.group_ids)
     adv = torch.zeros_like(rewards)
@@ -61,17 +71,20 @@ def advantages(stats: tuple[str, float, bool] | None, rollout: Any, rewards: tor
     name, eps, demo_in_stats = stats
     g = rollout.group_size
     r = rewards[in_group].view(-1, g)
-    demo = torch.tensor(rollout.is_demo)[in_group].view(-1, g)
+    demo = torch.tensor(rollout.off_policy())[in_group].view(-1, g)
     stats_mask = torch.ones_like(demo) if demo_in_stats else ~demo
     a = algos.advantage(name)(r, eps=eps, include_in_stats=stats_mask)
     adv[in_group] = a.reshape(-1).to(adv.dtype)
     solved = correct[in_group].view(-1, g)
-    on = ~demo
+    on = torch.where((~demo).any(1, keepdim=True), ~demo, True)  # a group of hinted rows only (UFT): all
     m = {"adv/mean_abs": float(a.abs().mean()),
          "frac_reward_zero_std": algos.frac_zero_std(rewards[in_group], gids[in_group]),
          "groups/all_solved": float((solved | ~on).all(1).float().mean()),
          "groups/none_solved": float((~solved | ~on).all(1).float().mean()),
          "solve_rate/on_policy": float(solved[on].float().mean()) if bool(on.any()) else 0.0}
-    if bool(demo.any()):
-        m["solve_rate/demo"] = float(solved[demo].float().mean())
+    is_demo = torch.tensor(rollout.is_demo)[in_group].view(-1, g)
+    if bool(is_demo.any()):
+        m["solve_rate/demo"] = float(solved[is_demo].float().mean())
+    if bool((demo & ~is_demo).any()):
+        m["solve_rate/prefix"] = float(solved[demo & ~is_demo].float().mean())
     return adv, m

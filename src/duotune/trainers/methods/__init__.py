@@ -6,7 +6,7 @@ axes 2-4 (demo-token weight, mixing schedule, group statistics) are settings of 
 them. Importing this package fills the `method` and `demo_entry` registries.
 """
 
-from duotune.trainers.methods import grpo, luffy, rl_sft_loss, sft, srft  # noqa: F401 - register
+from duotune.trainers.methods import distill, grpo, luffy, prefix, rl_sft_loss, sft, srft  # noqa: F401 - register
 from duotune.trainers.methods.base import (
                                            DEMO_ENTRIES,
                                            METHODS,

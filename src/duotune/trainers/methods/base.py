@@ -31,6 +31,7 @@ class DemoEntry:
     on_policy: bool       # sample G rollouts per prompt
     demo_in_group: bool   # one group member is the prompt's demo (LUFFY, SRFT, RL-PLUS)
     demo_rows: bool       # demos as extra rows outside the groups (SFT, RL + SFT loss, CHORD)
+    prefix: bool = False  # group rows continue a demo prefix (UFT, Prefix-RFT, TRAPO): settings' prefix_plan
 
 
 DEMO_ENTRIES.register("none", DemoEntry(True, False, False), help="rollouts only (GRPO)")
@@ -39,6 +40,10 @@ DEMO_ENTRIES.register("group_member", DemoEntry(True, True, False),
 DEMO_ENTRIES.register("sft_batch", DemoEntry(True, False, True),
                       help="G rollouts per prompt + the demos as a separate SFT batch (RL + SFT loss)")
 DEMO_ENTRIES.register("sft_only", DemoEntry(False, False, True), help="demos only, no rollouts (SFT)")
+DEMO_ENTRIES.register("prefix", DemoEntry(True, False, False, prefix=True),
+                      help="rollouts + rows that continue a prefix of the demo (UFT, Prefix-RFT, TRAPO)")
+DEMO_ENTRIES.register("teacher", DemoEntry(True, False, False),
+                      help="rollouts scored token by token by a frozen teacher (on-policy distillation)")
 
 
 class MethodSettings(Cfg):
@@ -57,6 +62,25 @@ class MethodSettings(Cfg):
         """(advantage estimator, eps, demos in the group statistics) for methods with groups."""
         return None
 
+    def prefix_plan(self, examples: list[Any], encoder: Any, group_size: int, progress: float,
+                    seed: int) -> Any | None:
+        """The step's expert-prefix rows (`rollout.prefix.PrefixPlan`) for demo_entry `prefix`:
+        `progress` = rollout steps done / the stage's, `seed` a pure function of (seed, step, rank)."""
+        return None
+
+    def teacher_spec(self) -> TeacherSpec | None:
+        """The frozen teacher whose log-probs the step computes on the rollouts (distillation)."""
+        return None
+
+
+class TeacherSpec(NamedTuple):
+    """A teacher model (alias or path), how many of its top tokens per position the loss reads (0 =
+    only the sampled token's log-prob) and the temperature it is scored at."""
+
+    model: str
+    top_k: int = 0
+    temperature: float = 1.0
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -67,6 +91,7 @@ class Needs:
     reference: bool       # a frozen reference model (a KL term with a non-zero weight)
     old_logp: bool        # log-probs of the sampling policy (a PPO ratio that can differ from 1)
     temperature: float    # the temperature training log-probs are computed at (rollouts' T)
+    teacher: bool = False  # a frozen teacher scores the rollouts (settings' teacher_spec)
 
 
 class LossInputs(NamedTuple):
@@ -83,6 +108,7 @@ class LossInputs(NamedTuple):
     beta: float                 # KL weight of this rollout batch
     progress: float             # optimizer updates done / the stage's total, for mixing schedules
     l_max: int                  # max completion length (sum_over_lmax normaliser)
+    teacher: Any = None         # the teacher's scores of these rows (`trainers.compute.TeacherScores`)
 
 
 class LossOut(NamedTuple):
@@ -116,9 +142,10 @@ class Method:
         e = self.demo_entry
         kl = settings.kl_term()
         reused = num_iterations > 1 or settings.mini_batches() > 1
-        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows,
+        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows or e.prefix,
                      reference=kl is not None and kl.active(), old_logp=self.uses_ratio and reused,
-                     temperature=temperature if e.on_policy and temperature > 0 else 1.0)
+                     temperature=temperature if e.on_policy and temperature > 0 else 1.0,
+                     teacher=settings.teacher_spec() is not None)
 
 
 # Keys of the flat `algo` block before settings were per method: each names its new place.
@@ -248,7 +275,8 @@ def describe_method(name: str) -> str:
     """A method's paper, what it needs computed, and every setting with its default and description."""
     m = METHODS.get(name)
     e = m.demo_entry
-    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows)) if on]
+    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows or e.prefix),
+                             ("a teacher model", m.settings.model_fields.get("teacher") is not None)) if on]
     if m.settings().kl_term() is not None:
         needs.append("reference model (when the KL weight is not 0)")
     needs.append("old log-probs when num_iterations or ppo_mini_batches > 1" if m.uses_ratio and e.on_policy
@@ -264,21 +292,24 @@ def describe_method(name: str) -> str:
 TAGS = ("controller", "name", "schedule")  # the keys that pick a variant of a tagged setting
 
 
-def _setting_rows(model: type[BaseModel], prefix: str = "", tag: str = "") -> list[tuple[str, str, str]]:
+def _setting_rows(model: type[BaseModel], prefix: str = "", tag: str = "",
+                  instance: BaseModel | None = None) -> list[tuple[str, str, str]]:
     """(key, default, description) rows; a tagged setting lists its default variant's keys, then
-    each other variant's own keys marked with its tag."""
+    each other variant's own keys marked with its tag. `instance`: the method's default value of
+    this sub-setting (e.g. CHORD-phi's constant mu 0.1), whose values are the defaults shown."""
     rows: list[tuple[str, str, str]] = []
     for fname, f in model.model_fields.items():
         if tag and fname in TAGS:
             continue
+        value = getattr(instance, fname) if instance is not None else f.get_default(call_default_factory=True)
         members = _models_in(f.annotation)
         if members:
-            default = type(f.get_default(call_default_factory=True))
+            default = type(value)
             for sub in sorted(members, key=lambda c: c is not default):
                 label = "" if sub is default else next(
                     f" ({k}: {v.default})" for k, v in sub.model_fields.items() if k in TAGS)
-                rows += _setting_rows(sub, f"{prefix}{fname}.", label)
+                rows += _setting_rows(sub, f"{prefix}{fname}.", label, value if sub is default else None)
             continue
-        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        default = "(required)" if f.is_required() and instance is None else repr(value)
         rows.append((f"{prefix}{fname}{tag}", default, f.description or ""))
     return rows
