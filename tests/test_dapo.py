@@ -98,3 +98,21 @@ def test_dynamic_sampling_needs_rollout_groups(tmp_path, data_file):
                                                        "run.progress=false", "rollout.dynamic_sampling=true"])
     with pytest.raises(Exception, match="rollout.dynamic_sampling drops rollout groups with equal rewards"):
         train(cfg)
+
+
+@pytest.mark.parametrize("recipe", ["dapo", "uft"])
+def test_extra_rounds_and_prefix_plans_resume_identically(tmp_path, data_file, recipe):
+    """Dynamic-sampling rounds and expert-prefix plans are pure functions of (seed, step, rank,
+    round): a run stopped after step 1 and resumed logs what the uninterrupted run logged."""
+    over = [f"data.train={data_file}", f"run.output_dir={tmp_path}", "run.progress=false", "run.plots=false",
+            "reward.names=[test_parity]", "reward.params={}", "steps=3", "run.save_every=1"]
+    keys = ("reward/mean", "dynamic/rounds", "prefix/len_mean", "loss/total")
+
+    def run(*extra):
+        res = train(load_config(TrainConfig, TINY / f"{recipe}.yaml", over + list(extra)))
+        recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [[r.get(k) for k in keys] for r in recs]
+
+    full = run("run.name=full")
+    run("run.name=cut", "run.stop_after=1")
+    assert run("run.name=cut", "run.resume=auto") == full

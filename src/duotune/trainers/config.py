@@ -48,18 +48,18 @@ class RewardCfg(Cfg):
         ["math"], description="rewards, summed: registered names (duotune list reward), "
         "'pkg.mod:fn' (your function) or 'verl:pkg.mod.compute_score'")
     weights: list[float] | None = Field(None, description="one weight per reward (default all 1)")
-    params: dict[str, dict[str, Any]] = Field({}, description="keyword parameters of named rewards, e.g. "
-                                              "{overlong: {max_len: 256, cache: 64}} (see `duotune list reward`)")
+    params: dict[str, dict[str, Any]] = Field({}, description="keyword parameters per reward name, e.g. "
+                                              "{math: {mode: lenient}} (the verifier's extraction mode; "
+                                              "training default strict)")
 
     @model_validator(mode="after")
     def _weights_match(self) -> RewardCfg:
         if self.weights is not None and len(self.weights) != len(self.names):
             raise ValueError(f"reward.weights has {len(self.weights)} entries for "
                              f"{len(self.names)} reward names; give one weight per name")
-        extra = sorted(set(self.params) - set(self.names))
-        if extra:
-            raise ValueError(f"reward.params names {extra}, which are not in reward.names {self.names}; "
-                             "add them to reward.names or drop their params")
+        unknown = sorted(set(self.params) - set(self.names))
+        if unknown:
+            raise ValueError(f"reward.params names {unknown}, which are not in reward.names {self.names}")
         return self
 
 

@@ -17,11 +17,10 @@ from duotune.rewards import RewardManager
 
 
 @functools.lru_cache(maxsize=8)
-def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...], params: tuple[str, ...] = ()) -> RewardManager:
-    """One RewardManager per reward config, built once and reused across steps (params as JSON)."""
-    if not params:
-        return RewardManager(list(zip(names, weights)))
-    return RewardManager([(n, w, json.loads(p)) for n, w, p in zip(names, weights, params)])
+def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...], params: str) -> RewardManager:
+    """One RewardManager per reward config (params as sorted JSON), built once and reused across steps."""
+    by_name = json.loads(params)
+    return RewardManager([(n, w, by_name.get(n, {})) for n, w in zip(names, weights)])
 
 
 def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -32,8 +31,7 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     does not inflate them; the demo's own mean is `reward/demo_mean`.
     """
     weights = tuple(cfg.weights or [1.0] * len(cfg.names))
-    params = tuple(json.dumps(cfg.params.get(n, {}), sort_keys=True) for n in cfg.names) if cfg.params else ()
-    manager = _reward_manager(tuple(cfg.names), weights, params)
+    manager = _reward_manager(tuple(cfg.names), weights, json.dumps(cfg.params, sort_keys=True))
     columns = rollout.columns()
     columns.setdefault("completion_ids", [list(r) for r in rollout.responses])  # TRL's column
     totals, components, metrics = manager.score(list(rollout.texts), columns)
