@@ -60,14 +60,14 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 
 @DIVERGENCES.register("forward_kl")
 def forward_kl_topk(student_topk: torch.Tensor, teacher_topk: torch.Tensor) -> torch.Tensor:
-    """KL(T || S) over the teacher's top-k ids (log-probs [N, T, k] of both at those ids)."""
+    """KL(T || S) over the teacher's top-k ids + the rest (log-probs [N, T, k] of both at those ids)."""
     s, t = _with_rest(student_topk, teacher_topk)
     return _kl(t, s)
 
 
 @DIVERGENCES.register("jsd")
 def jsd_topk(student_topk: torch.Tensor, teacher_topk: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
-    """Generalized JSD_beta over the teacher's top-k ids (GKD eq. 1; TRL's beta, 0 < beta < 1)."""
+    """Generalized JSD_beta over the teacher's top-k ids + the rest (GKD eq. 1; TRL's beta, 0 < beta < 1)."""
     if not 0 < beta < 1:
         raise ConfigError(f"jsd beta must be in (0, 1) (0 and 1 are forward_kl and reverse KL), got {beta}")
     s, t = _with_rest(student_topk, teacher_topk)
