@@ -277,12 +277,12 @@ def test_list_method_prints_settings_with_defaults_and_paper():
 
 def test_reward_params_reach_the_reward(tmp_path, data_file):
     """reward.params sets a reward's keyword parameters: the verifier's mode (issue 17) here."""
-    from types import SimpleNamespace
-
+    from duotune.data import load_examples
+    from duotune.rollout import EncodedPrompt, Rollout
     from duotune.trainers.scoring import score_rollout
 
-    rollout = SimpleNamespace(texts=["Adding them, the final answer is 3."], is_demo=[False],
-                              columns=lambda: {"answer": ["3"]})
+    rollout = Rollout(load_examples([{"prompt": "1 + 2?", "answer": "3"}]), [EncodedPrompt([1])], 1)
+    rollout.add(0, 0, [5, 6], "Adding them, the final answer is 3.", False, False)
     for params, expect in (({}, 0.0), ({"math": {"mode": "lenient"}}, 1.0)):
         cfg = _cfg(tmp_path, data_file, "grpo", "reward.names=[math]", f"reward.params={json.dumps(params)}")
         total, correct, _ = score_rollout(rollout, cfg.reward)

@@ -184,7 +184,7 @@ def test_open_rm_with_tiny_random_model():
 
 def test_registry_names_and_listing():
     assert set(REWARDS.names()) == {"math", "format_think_answer", "accuracy_format", "boxed_format",
-                                    "mcq", "digit", "iou", "open_rm", "mixed"}
+                                    "mcq", "digit", "iou", "open_rm", "mixed", "overlong"}
     rows = {name: (params, doc) for name, params, doc in describe_rewards()}
     assert rows["iou"][0] == "frame='normalized'"
     assert "[frame='normalized']" in REWARDS.describe("iou")   # `duotune list` shows the parameters

@@ -9,6 +9,7 @@ out. Imports torch, duotune.errors and duotune.registry only.
 from duotune.algos.advantages import ADVANTAGES, advantage, frac_zero_std, group_advantages, grouped_advantages
 from duotune.algos.aggregation import AGGREGATIONS, aggregate
 from duotune.algos.demo import DEMO_WEIGHTS, demo_objective, demo_weight, luffy_shaping
+from duotune.algos.distill import DIVERGENCES, divergence, forward_kl_topk, jsd_topk, reverse_kl_pg
 from duotune.algos.entropy import entropy_from_logits
 from duotune.algos.gates import GATES, gate
 from duotune.algos.kl import (
@@ -22,6 +23,7 @@ from duotune.algos.kl import (
                                       kl_estimate,
 )
 from duotune.algos.losses import POLICY_LOSSES, mixed_policy_loss, policy_loss, ppo_clip_loss, sft_nll
+from duotune.algos.prefix import cosine_decay, prefix_sft_loss, top_fraction_mask, uft_hint_segments
 from duotune.algos.rl_plus import exploration_advantage, mis_ratio, rl_plus_loss
 from duotune.algos.schedules import MIX_SCHEDULES, mix_schedule
 from duotune.algos.srft import srft_loss
@@ -33,4 +35,6 @@ __all__ = [
     "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "luffy_shaping",
     "mix_schedule", "mixed_policy_loss", "policy_loss", "ppo_clip_loss", "sft_nll", "srft_loss",
     "GATES", "exploration_advantage", "gate", "mis_ratio", "rl_plus_loss",
+    "cosine_decay", "prefix_sft_loss", "top_fraction_mask", "uft_hint_segments",
+    "DIVERGENCES", "divergence", "forward_kl_topk", "jsd_topk", "reverse_kl_pg",
 ]

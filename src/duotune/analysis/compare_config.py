@@ -14,8 +14,10 @@ from duotune.config import Cfg
 
 DEFAULT_METHODS = ["base", "sft", "grpo", "grpo_d", "sft_then_grpo", "grpo_then_sft", "rl_sft_loss",
                    "luffy", "srft"]
-# The SFT+RL successors (issue 19): CHORD, HPT / SuperRL, ReLIFT, RL-PLUS.
-DEFAULT_METHODS += ["chord_mu", "chord_phi", "hpt", "superrl", "relift", "rl_plus"]
+# The SFT+RL successors (issue 19): CHORD, HPT / SuperRL, ReLIFT, RL-PLUS, the prefix methods (UFT,
+# Prefix-RFT, TRAPO), on-policy distillation and DAPO.
+DEFAULT_METHODS += ["chord_mu", "chord_phi", "hpt", "superrl", "relift", "rl_plus", "uft", "prefix_rft",
+                    "trapo", "distill", "dapo"]
 
 
 class TaskSourceCfg(Cfg):

@@ -1,7 +1,7 @@
 """The comparison's PNG figures: accuracy vs steps and vs training wall time, and the training curves
 read from each run's metrics.jsonl (reward, entropy, response length, KL, SRFT's w_sft / w_rl,
-GRPO-D's beta, CHORD's mu, HPT's share routed to SFT, ReLIFT's buffer), one line per method (mean
-over seeds at each step).
+GRPO-D's beta, CHORD's mu, HPT's share routed to SFT, ReLIFT's buffer, expert-prefix length, KL to a
+distillation teacher, DAPO's sampling rounds), one line per method (mean over seeds at each step).
 
 Imports matplotlib (Agg) and json only; no torch.
 """
@@ -28,6 +28,9 @@ TRAINING_PANELS = [
     ("chord_mu", "CHORD's SFT weight mu", ["chord/mu"]),
     ("routed_to_sft", "share of questions routed to SFT (HPT / SuperRL gate)", ["hpt/sft_frac"]),
     ("relift_buffer", "ReLIFT buffer of failed questions (size after the step)", ["relift/buffer_size"]),
+    ("prefix_length", "prefix tokens per hybrid row, expert-prefix methods", ["prefix/len_mean"]),
+    ("distill_kl", "KL(student || teacher) per token, on the student's samples", ["distill/reverse_kl"]),
+    ("dynamic_rounds", "sampling rounds per step, DAPO dynamic sampling", ["dynamic/rounds"]),
 ]
 
 

@@ -21,7 +21,8 @@ from duotune.models.batching import ExtraInputs, MicroBatch, image_token_id, pla
 def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      loss_mask: torch.Tensor, *, extra_inputs: dict[str, Any] | None = None,
                      token_budget: int = 8192, with_entropy: bool = True, entropy_grad: bool = True,
-                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     temperature: float = 1.0, extra_ids: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(input_ids[i, t] | input_ids[i, :t]) and the next-token entropy where loss_mask is 1.
 
     Returns fp32 (logp [N, L], entropy [N, L] or None), zero where loss_mask is 0; differentiable.
@@ -33,6 +34,8 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     Works on a bare transformers model and through DDP/PEFT wrappers (the full forward runs).
     entropy_grad False computes the entropy outside autograd (a metric or a stop-gradient weight):
     no [K, V] graph is kept for it, which is most of the head's cost on a large vocabulary.
+    extra_ids [N, L, k]: more token ids whose log-probs are read at each position (a teacher's top-k
+    for distillation); logp is then [N, L, 1 + k], column 0 the input token's.
     """
     _check(input_ids, attention_mask, loss_mask, token_budget, temperature)
     n, length = input_ids.shape
@@ -44,26 +47,57 @@ def compute_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.
     mrope = "mrope_section" in rope
     flat, lps, ents = [], [], []
     for mb in plan_micro_batches(attention_mask, loss_mask.bool().any(1), token_budget):
-        idx, lp, ent = _score(model, inner, mb, input_ids, attention_mask, loss_mask,
-                              extras.take(mb.rows, mb.start, mb.stop), mrope, with_entropy, entropy_grad,
-                              temperature)
+        idx, logits, targets = _head_logits(model, inner, mb, input_ids, attention_mask, loss_mask,
+                                            extras.take(mb.rows, mb.start, mb.stop), mrope)
+        more = None if extra_ids is None else extra_ids.view(n * length, -1)[idx]
+        lp, ent = _head_stats(logits, targets, with_entropy, entropy_grad, temperature, more)
         flat.append(idx)
         lps.append(lp)
         ents.append(ent)
     index = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long, device=input_ids.device)
 
-    def assemble(values: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.zeros(n * length, dtype=torch.float32, device=input_ids.device)
-        return (out.index_put((index,), torch.cat(values)) if values else out).view(n, length)
+    def assemble(values: list[torch.Tensor], *width: int) -> torch.Tensor:
+        out = torch.zeros(n * length, *width, dtype=torch.float32, device=input_ids.device)
+        return (out.index_put((index,), torch.cat(values)) if values else out).view(n, length, *width)
 
-    return assemble(lps), (assemble(ents) if with_entropy else None)
+    wide = () if extra_ids is None else (1 + extra_ids.shape[-1],)
+    return assemble(lps, *wide), (assemble(ents) if with_entropy else None)
 
 
-def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           loss_mask: torch.Tensor, extra: dict[str, Any], mrope: bool, with_entropy: bool,
-           entropy_grad: bool, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+@torch.no_grad()
+def topk_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                  k: int, *, extra_inputs: dict[str, Any] | None = None, token_budget: int = 8192,
+                  temperature: float = 1.0, vocab_limit: int | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """No-grad (log p(input token) [N, L], top-k ids [N, L, k], their log-probs [N, L, k]) where
+    loss_mask is 1 (a teacher's view of a student's rows); zero elsewhere. `vocab_limit`: only the
+    first ids are candidates (a student whose output layer is narrower than the teacher's)."""
+    _check(input_ids, attention_mask, loss_mask, token_budget, temperature)
+    n, length = input_ids.shape
+    inner = unwrap_model(model)
+    extra = dict(extra_inputs or {})
+    _add_mm_token_types(inner, input_ids, extra)
+    extras = ExtraInputs(inner.config, input_ids, extra)
+    mrope = "mrope_section" in (getattr(inner.config.get_text_config(), "rope_parameters", None) or {})
+    dev = input_ids.device
+    logp = torch.zeros(n * length, device=dev)
+    top_ids = torch.zeros(n * length, k, dtype=torch.long, device=dev)
+    top_lp = torch.zeros(n * length, k, device=dev)
+    for mb in plan_micro_batches(attention_mask, loss_mask.bool().any(1), token_budget):
+        idx, logits, targets = _head_logits(model, inner, mb, input_ids, attention_mask, loss_mask,
+                                            extras.take(mb.rows, mb.start, mb.stop), mrope)
+        full = torch.log_softmax(logits / temperature, dim=-1)
+        logp[idx] = full.gather(-1, targets[:, None]).squeeze(-1)
+        top = full[:, :vocab_limit].topk(k, dim=-1)
+        top_ids[idx], top_lp[idx] = top.indices, top.values
+    return logp.view(n, length), top_ids.view(n, length, k), top_lp.view(n, length, k)
+
+
+def _head_logits(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 loss_mask: torch.Tensor, extra: dict[str, Any], mrope: bool,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One micro-batch: backbone forward, then the LM head on the K hidden states that predict each
-    loss position t. Returns (flat indices into [N*L], logp [K], entropy [K] | None)."""
+    loss position t. Returns (flat indices into [N*L], fp32 logits [K, V], the K target ids)."""
     rows = mb.rows.to(input_ids.device)
     ids = input_ids[rows, mb.start:mb.stop]
     am = attention_mask[rows, mb.start:mb.stop]
@@ -86,17 +120,21 @@ def _score(model: Any, inner: Any, mb: MicroBatch, input_ids: torch.Tensor, atte
         logits = model(**kwargs).logits[0].float()
     finally:
         handle.remove()
-    logp, entropy = _head_stats(logits, ids[r, t], with_entropy, entropy_grad, temperature)
-    return rows[r] * input_ids.shape[1] + mb.start + t, logp, entropy
+    return rows[r] * input_ids.shape[1] + mb.start + t, logits, ids[r, t]
 
 
 def _head_stats(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool, entropy_grad: bool,
-                temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(target) [K] and entropy [K] | None of logits [K, V] divided by `temperature`."""
+                temperature: float, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) [K] and entropy [K] | None of logits [K, V] divided by `temperature`; with
+    `extra` ids [K, k] logp is [K, 1 + k] (the target's, then the extra ids')."""
     if temperature != 1.0:
         logits = logits / temperature
     # log p(target) = target logit - logsumexp: no [K, V] log-softmax kept for backward.
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    if extra is None:
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    else:
+        logp = logits.gather(-1, torch.cat([targets.unsqueeze(-1), extra], -1)) - lse.unsqueeze(-1)
     # H = -sum_v p_v log p_v of the (tempered) next-token distribution (SPEC's H[i, t]).
     entropy = None
     if with_entropy:
@@ -107,8 +145,8 @@ def _head_stats(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool,
 
 def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            resp_pos: torch.Tensor, response_mask: torch.Tensor, prompt_index: torch.Tensor, *,
-                           with_entropy: bool = True, entropy_grad: bool = True, temperature: float = 1.0
-                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           with_entropy: bool = True, entropy_grad: bool = True, temperature: float = 1.0,
+                           extra_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Response log-probs and entropies [N, T] of right-padded prompt + response rows (as `collate`
     makes them) whose rows share prompts (`prompt_index` equal): each distinct prompt runs through
     the model once, its KV cache is gathered to its rows, and only the response tokens run per row.
@@ -116,6 +154,7 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
     The values equal `compute_logprobs` on the full rows (gathered at `resp_pos`), and gradients
     reach the prompt's activations through the cache, so a GRPO group of G rows costs one prompt
     forward instead of G. Text models only (a VLM merges image features inside its prompt forward).
+    extra_ids [N, T, k] (response-aligned): logp is [N, T, 1 + k] as in `compute_logprobs`.
     """
     device = input_ids.device
     inner = unwrap_model(model)
@@ -157,14 +196,16 @@ def shared_prompt_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: 
                        use_cache=True, **{cache_kw: cache}).logits[0].float()
     finally:
         handle.remove()
-    lp_rest, h_rest = _head_stats(logits, r_ids[r, t + 1], with_entropy, entropy_grad, temperature)
+    lp_rest, h_rest = _head_stats(logits, r_ids[r, t + 1], with_entropy, entropy_grad, temperature,
+                                  None if extra_ids is None else extra_ids[r, t + 1])
     # Token 0 is predicted by its prompt's last position: that prompt's logits, read per row.
     rows0 = mask[:, 0].nonzero(as_tuple=True)[0]
-    lp0, h0 = _head_stats(first_logits[row_u[rows0]], r_ids[rows0, 0], with_entropy, entropy_grad, temperature)
+    lp0, h0 = _head_stats(first_logits[row_u[rows0]], r_ids[rows0, 0], with_entropy, entropy_grad, temperature,
+                          None if extra_ids is None else extra_ids[rows0, 0])
     at0 = (rows0, torch.zeros_like(rows0))
 
     def place(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros((n, t_len), dtype=torch.float32, device=device)
+        out = torch.zeros((n, t_len, *first.shape[1:]), dtype=torch.float32, device=device)
         return out.index_put(at0, first).index_put((r, t + 1), rest)
 
     return place(lp0, lp_rest), (place(h0, h_rest) if with_entropy else None)

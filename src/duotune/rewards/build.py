@@ -23,6 +23,7 @@ from duotune.rewards.functions import (
     MathReward,
     McqReward,
 )
+from duotune.rewards.length import OverlongPenalty
 from duotune.rewards.mixed import MixedReward
 from duotune.rewards.open_rm import OpenRM
 
@@ -30,7 +31,7 @@ RewardFn = Callable[..., list]
 REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
 
 for _cls in (MathReward, FormatThinkAnswer, AccuracyFormat, BoxedFormat, McqReward, DigitReward,
-             IouReward, OpenRM, MixedReward):
+             IouReward, OpenRM, MixedReward, OverlongPenalty):
     _doc = (inspect.getdoc(_cls) or "").splitlines()[0]
     _params = signature_params(_cls)
     REWARDS.register(_cls.name, _cls, help=f"{_doc} [{_params}]" if _params else _doc)

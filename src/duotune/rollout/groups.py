@@ -15,6 +15,7 @@ import torch
 
 from duotune.data import Example
 from duotune.errors import DataError
+from duotune.rollout.prefix import PrefixPlan, check_plan, sample_prefixed
 from duotune.rollout.prompts import EncodedPrompt, PromptEncoder, pad
 from duotune.rollout.sampler import Sampler, SamplingParams
 
@@ -34,9 +35,13 @@ class Rollout:
     source: list[int] = field(default_factory=list)  # index into examples/prompts per row
     logprobs: list[list[float] | None] = field(default_factory=list)  # the sampler's, per token (None: demo)
     n_expert: int = 0  # the last n examples are a separate draw of demos (expert rows), not step prompts
+    # Expert-prefix rows (demo_entry `prefix`): how many leading response tokens are the demo's
+    # (off-policy, not sampled); 0 for sampled rollouts and demos.
+    prefix_lens: list[int] = field(default_factory=list)
 
     def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool,
-            logprobs: list[float] | None = None) -> None:
+            logprobs: list[float] | None = None, prefix_len: int = 0) -> None:
+        self.prefix_lens.append(prefix_len)
         self.logprobs.append(logprobs)
         self.source.append(src)
         self.group_ids.append(group)
@@ -51,6 +56,38 @@ class Rollout:
         keys = sorted({k for c in cols for k in c})
         return {k: [c.get(k) for c in cols] for k in keys}
 
+    def off_policy(self) -> list[bool]:
+        """Per row: a demo or an expert-prefix row (not the policy's own sample from the prompt)."""
+        return [d or p > 0 for d, p in zip(self.is_demo, self.prefix_lens)]
+
+    def take(self, keep: Sequence[int]) -> Rollout:
+        """The rows of the prompts `keep` (indices into `examples`), renumbered 0..len(keep)-1 in
+        that order (a prompt's group and its demo rows move together)."""
+        new = {old: i for i, old in enumerate(keep)}
+        out = Rollout([self.examples[i] for i in keep], [self.prompts[i] for i in keep], self.group_size)
+        for r, src in enumerate(self.source):
+            if src in new:
+                g = self.group_ids[r]
+                out.add(new[src], new[g] if g >= 0 else -1, self.responses[r], self.texts[r], self.is_demo[r],
+                        self.truncated[r], self.logprobs[r], self.prefix_lens[r])
+        return out
+
+    @staticmethod
+    def join(parts: Sequence[Rollout]) -> Rollout:
+        """One rollout of `parts` in order (same group size), prompts renumbered after each other."""
+        out = Rollout([], [], parts[0].group_size)
+        for part in parts:
+            if part.group_size != out.group_size:
+                raise ValueError(f"cannot join rollouts of group size {part.group_size} and {out.group_size}")
+            base = len(out.examples)
+            out.examples += part.examples
+            out.prompts += part.prompts
+            for r, src in enumerate(part.source):
+                g = part.group_ids[r]
+                out.add(base + src, base + g if g >= 0 else -1, part.responses[r], part.texts[r],
+                        part.is_demo[r], part.truncated[r], part.logprobs[r], part.prefix_lens[r])
+        return out
+
 
 def _demo_ids(encoder: PromptEncoder, ex: Example, max_len: int) -> tuple[list[int], bool]:
     if not ex.demo:
@@ -62,7 +99,8 @@ def _demo_ids(encoder: PromptEncoder, ex: Example, max_len: int) -> tuple[list[i
 
 def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequence[Example],
                  params: SamplingParams | None, *, group_size: int, demo_in_group: bool,
-                 demo_rows: bool, max_completion_length: int, expert_demos: Sequence[Example] = ()) -> Rollout:
+                 demo_rows: bool, max_completion_length: int, expert_demos: Sequence[Example] = (),
+                 prefix: PrefixPlan | None = None) -> Rollout:
     """Sample the step's sequences.
 
     group_size G: members per prompt; with demo_in_group one of them is the prompt's demo (LUFFY,
@@ -71,24 +109,35 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
     expert_demos: examples whose demos are appended as rows outside every group, after the step's
     prompts (CHORD's expert batch: a separate draw, not the step's prompts' demos).
     Demos are the assistant turn + EOS, truncated to max_completion_length.
+    prefix: expert-prefix rows (UFT, Prefix-RFT, TRAPO) after the sampled ones in each group, their
+    response = demo prefix + the policy's continuation (`rollout.prefix.sample_prefixed`).
     """
     experts = list(expert_demos)
     examples = list(examples)
-    out = Rollout(examples + experts, [encoder.encode(ex) for ex in examples + experts], group_size,
-                  n_expert=len(experts))  # the step's one encoding
+    encoded = [encoder.encode(ex) for ex in examples + experts]  # the step's one encoding
     n_sampled = group_size - int(demo_in_group)
+    if prefix is not None:
+        n_sampled = check_plan(prefix, group_size, demo_in_group)
+        group_size = n_sampled + prefix.rows + int(demo_in_group)
+    out = Rollout(examples + experts, encoded, group_size, n_expert=len(experts))
     samples: list[list[Any]] = [[] for _ in examples]
+    if group_size > 0 and (n_sampled > 0 or prefix is not None) and (sampler is None or params is None):
+        raise ValueError("build_groups needs a sampler and params when rollouts are requested")
     if group_size > 0 and n_sampled > 0:
-        if sampler is None or params is None:
-            raise ValueError("build_groups needs a sampler and params when rollouts are requested")
         samples = sampler.generate(out.prompts[:len(examples)], SamplingParams(
             n=n_sampled, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
             max_new_tokens=max_completion_length, seed=params.seed))
+    hybrid: list[list[Any]] = [[] for _ in examples]
+    if prefix is not None:
+        hybrid = sample_prefixed(sampler, encoded[:len(examples)], prefix, params, max_completion_length)
     for b, ex in enumerate(examples):
         if group_size == 0:
             break
         for comp in samples[b]:
             out.add(b, b, list(comp.token_ids), comp.text, False, comp.finish_reason == "length", comp.logprobs)
+        for h in hybrid[b]:
+            out.add(b, b, h.ids, encoder.tokenizer.decode(h.ids, skip_special_tokens=True), False, h.truncated,
+                    h.logprobs, h.prefix_len)
         if demo_in_group:
             ids, cut = _demo_ids(encoder, ex, max_completion_length)
             out.add(b, b, ids, encoder.tokenizer.decode(ids, skip_special_tokens=True), True, cut)
@@ -113,7 +162,7 @@ class CollatedBatch:
     loss_mask: torch.Tensor
     resp_pos: torch.Tensor
     response_mask: torch.Tensor
-    demo_mask: torch.Tensor
+    demo_mask: torch.Tensor       # [N, T] off-policy tokens: demo rows and expert prefixes
     is_demo: torch.Tensor
     group_ids: torch.Tensor
     truncated: torch.Tensor
@@ -184,8 +233,11 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
         for i, lp in enumerate(rollout.logprobs):
             if lp is not None:
                 rollout_logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    # Off-policy tokens: whole demo rows, and the demo prefix of expert-prefix rows.
+    prefix = t[None, :] < torch.tensor(rollout.prefix_lens)[:, None]
+    demo_mask = response_mask * (is_demo[:, None] | prefix).float()
     return CollatedBatch(
-        input_ids, attn, loss_mask, resp_pos, response_mask, response_mask * is_demo[:, None].float(),
+        input_ids, attn, loss_mask, resp_pos, response_mask, demo_mask,
         is_demo, torch.tensor(rollout.group_ids, dtype=torch.long),
         torch.tensor(rollout.truncated, dtype=torch.bool),
         [rollout.prompts[s].images for s in rollout.source], fields,

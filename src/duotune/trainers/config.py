@@ -34,6 +34,12 @@ class RolloutCfg(Cfg):
     top_k: int | None = Field(None, description="top-k filter (None = off)")
     max_completion_length: int = Field(256, ge=1, description="max new tokens; demos are cut to it too")
     drop_truncated: bool = Field(False, description="drop samples without EOS from the loss (DAPO)")
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards "
+                                   "are all equal and sample more prompts until the step holds "
+                                   "prompts_per_step informative groups (trainers.sampling)")
+    max_extra_rounds: int = Field(3, ge=0, description="dynamic sampling: extra sampling rounds per step "
+                                  "at most, then the batch is filled with equal-reward groups (verl: "
+                                  "max_num_gen_batches - 1)")
     batch_size: int = Field(64, ge=1, description="sequences per `generate` call")
 
 

@@ -29,6 +29,7 @@ from duotune.trainers.methods import METHODS
 from duotune.trainers.metrics import MetricsLogger, plot_curves
 from duotune.trainers.optim import build_optimizer, resolve_dtype
 from duotune.trainers.step import StageState, train_step
+from duotune.trainers.teacher import load_teacher
 
 
 @dataclass
@@ -177,7 +178,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
                     sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,
                                       suppress_tokens=bundle.vision_token_ids or None),
                     reference=reference, optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
-                    accelerator=accelerator, logger=logger, total_updates=total_opt, parallel=par)
+                    accelerator=accelerator, logger=logger, total_updates=total_opt, parallel=par,
+                    teacher=load_teacher(cfg.algo.teacher_spec(), bundle, cfg.model, resolve_dtype(
+                        cfg.compute.dtype, accelerator.device), accelerator.device) if needs.teacher else None)
     st.post_update = cfg.algo.post_update_hook(st)
     step = 0
     if state is not None:

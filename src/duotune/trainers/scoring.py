@@ -32,10 +32,13 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     """
     weights = tuple(cfg.weights or [1.0] * len(cfg.names))
     manager = _reward_manager(tuple(cfg.names), weights, json.dumps(cfg.params, sort_keys=True))
-    totals, components, metrics = manager.score(list(rollout.texts), rollout.columns())
+    columns = rollout.columns()
+    columns.setdefault("completion_ids", [list(r) for r in rollout.responses])  # TRL's column
+    totals, components, metrics = manager.score(list(rollout.texts), columns)
     correct = torch.tensor(manager.correct(components), dtype=torch.bool)
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
-    on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
+    off = torch.tensor(rollout.off_policy(), dtype=torch.bool)  # demos and expert-prefix rows
+    on_policy = ~off if bool((~off).any()) else torch.ones_like(off)
     for name, vals in components.items():
         r = torch.tensor([0.0 if v is None else float(v) for v in vals])[on_policy]
         metrics[f"reward/{name}/mean"] = float(r.mean())
@@ -45,6 +48,8 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
                     "reward/std": float(total[on_policy].std(unbiased=False))})
     if bool(demo.any()):
         metrics["reward/demo_mean"] = float(total[demo].mean())
+    if bool((off & ~demo).any()):
+        metrics["reward/prefix_mean"] = float(total[off & ~demo].mean())
     return total, correct, metrics
 
 
@@ -53,7 +58,8 @@ def advantages(stats: tuple[str, float, bool] | None, rollout: Any, rewards: tor
     """Group advantages over the [B, G] groups; rows outside groups (demo rows) get 0.
 
     stats = (estimator, eps, demos in the statistics) from the method's settings (axis 4: with the
-    last False the demo is left out of the mean/std, as RL-PLUS and TRAPO do); None = no groups.
+    last False the demo is left out of the mean/std, as RL-PLUS and TRAPO do; expert-prefix rows
+    count as demos here); None = no groups.
     """
     gids = torch.tensor(rollout.group_ids)
     adv = torch.zeros_like(rewards)
@@ -63,17 +69,20 @@ def advantages(stats: tuple[str, float, bool] | None, rollout: Any, rewards: tor
     name, eps, demo_in_stats = stats
     g = rollout.group_size
     r = rewards[in_group].view(-1, g)
-    demo = torch.tensor(rollout.is_demo)[in_group].view(-1, g)
+    demo = torch.tensor(rollout.off_policy())[in_group].view(-1, g)
     stats_mask = torch.ones_like(demo) if demo_in_stats else ~demo
     a = algos.advantage(name)(r, eps=eps, include_in_stats=stats_mask)
     adv[in_group] = a.reshape(-1).to(adv.dtype)
     solved = correct[in_group].view(-1, g)
-    on = ~demo
+    on = torch.where((~demo).any(1, keepdim=True), ~demo, True)  # a group of hinted rows only (UFT): all
     m = {"adv/mean_abs": float(a.abs().mean()),
          "frac_reward_zero_std": algos.frac_zero_std(rewards[in_group], gids[in_group]),
          "groups/all_solved": float((solved | ~on).all(1).float().mean()),
          "groups/none_solved": float((~solved | ~on).all(1).float().mean()),
          "solve_rate/on_policy": float(solved[on].float().mean()) if bool(on.any()) else 0.0}
-    if bool(demo.any()):
-        m["solve_rate/demo"] = float(solved[demo].float().mean())
+    is_demo = torch.tensor(rollout.is_demo)[in_group].view(-1, g)
+    if bool(is_demo.any()):
+        m["solve_rate/demo"] = float(solved[is_demo].float().mean())
+    if bool((demo & ~is_demo).any()):
+        m["solve_rate/prefix"] = float(solved[demo & ~is_demo].float().mean())
     return adv, m

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from duotune.errors import DuotuneError
-from duotune.rollout import CollatedBatch, SamplingParams, build_groups, collate
-from duotune.trainers.compute import backward_full_batch, batch_logprobs
+from duotune.rollout import CollatedBatch, Rollout, SamplingParams, build_groups, collate
+from duotune.trainers.compute import TeacherScores, backward_full_batch, batch_logprobs, teacher_scores
 from duotune.trainers.methods import LossInputs, Method, Needs
 from duotune.trainers.optim import prompt_indices
+from duotune.trainers.sampling import Scored, dynamic_sample
 from duotune.trainers.scoring import advantages, score_rollout
 
 EXPERT_SEED = 7_777_777  # offsets run.seed for the expert batch's own stream over the training rows
@@ -47,6 +48,7 @@ class StageState:
     total_updates: int      # optimizer updates of the stage (mixing schedules' denominator)
     bad_in_row: int = 0
     opt_steps: int = 0
+    teacher: Any = None     # the frozen teacher model when the method distils (needs.teacher)
     post_update: Any = None  # the method's PostUpdate hook (`MethodSettings.post_update_hook`), or None
     parallel: Any = None     # trainers.distributed.Parallel: the prepared policy (forwards, backward, clip)
 
@@ -56,18 +58,10 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     cfg, settings, needs, par = st.cfg, st.cfg.algo, st.needs, st.parallel
     model = par.model  # forwards go through the DDP/FSDP/DeepSpeed wrapper
     t0 = time.perf_counter()
-    rollout, batch, rows = _rollout(st, step)
+    scored, record = _sample(st, step)
+    rollout, batch = scored.rollout, collate(scored.rollout, st.encoder)
+    batch.rewards, batch.correct = scored.rewards, scored.correct
     t_roll = time.perf_counter() - t0
-    record: dict[str, Any] = {"n_prompts": float(len(rollout.examples) - rollout.n_expert)}
-    if st.accelerator.num_processes > 1:  # the dataset rows each rank trained on (ranks must split the data)
-        from accelerate.utils import gather_object
-
-        record["data/rows_by_rank"] = gather_object([rows])
-    if st.method.uses_reward:
-        batch.rewards, batch.correct, rmetrics = score_rollout(rollout, cfg.reward)
-        record.update(rmetrics)
-    else:
-        batch.rewards, batch.correct = torch.zeros(batch.num_rows), torch.zeros(batch.num_rows, dtype=torch.bool)
     batch.advantages, amet = advantages(settings.group_stats(), rollout, batch.rewards, batch.correct)
     record.update(amet)
     batch = batch.to(next(model.parameters()).device)
@@ -84,13 +78,17 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     # an earlier update of this step already moved the policy for).
     old_logp = (batch_logprobs(model, st.encoder, batch, budget, with_entropy=False, temperature=temp,
                                share_prompts=share, parallel=par)[0] if needs.old_logp else None)
+    # Distillation: the frozen teacher's log-probs (and top-k) on the student's own rollouts.
+    teacher = (teacher_scores(st.teacher, st.encoder, batch, budget, settings.teacher_spec(), share)
+               if needs.teacher else None)
     beta = float(st.kl.value) if st.kl is not None else 0.0  # one beta per rollout batch
     t1 = time.perf_counter()
     updates: dict[str, list[float]] = defaultdict(list)
     observed_kl: list[float] = []
     for _ in range(cfg.num_iterations):
         for rows in mini_batches(batch, settings.mini_batches()):
-            metrics, kl = _update(st, batch.select(rows), _rows(old_logp, rows), _rows(ref_logp, rows), beta)
+            metrics, kl = _update(st, batch.select(rows), _rows(old_logp, rows), _rows(ref_logp, rows), beta,
+                                  None if teacher is None else teacher.select(rows))
             for k, v in metrics.items():
                 updates[k].append(v)
             if kl is not None:
@@ -111,29 +109,65 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     return record
 
 
-def _rollout(st: StageState, step: int) -> tuple[Any, CollatedBatch, list[int]]:
-    """The step's prompts (a pure function of seed, step and rank), sampled and collated once; also
-    returns the dataset rows this rank drew."""
+def _sample(st: StageState, step: int) -> tuple[Scored, dict[str, Any]]:
+    """The step's rollout, scored once; with `rollout.dynamic_sampling`, DAPO's extra rounds until
+    prompts_per_step groups have unequal rewards (`trainers.sampling`)."""
+    cfg = st.cfg
+
+    def draw(round_: int) -> Scored:
+        rollout = _rollout(st, step, round_)
+        if not st.method.uses_reward:
+            n = len(rollout.texts)
+            return Scored(rollout, torch.zeros(n), torch.zeros(n, dtype=torch.bool), {})
+        return Scored(rollout, *score_rollout(rollout, cfg.reward))
+
+    extra: dict[str, Any] = {}
+    if cfg.rollout.dynamic_sampling:
+        if not (st.method.demo_entry.on_policy and st.method.uses_reward):
+            raise DuotuneError(f"rollout.dynamic_sampling drops rollout groups with equal rewards; method "
+                               f"{cfg.method!r} samples none: set rollout.dynamic_sampling=false")
+        scored, extra = dynamic_sample(draw, cfg.prompts_per_step, cfg.rollout.max_extra_rounds)
+    else:
+        scored = draw(0)
+    record = {"n_prompts": float(len(scored.rollout.examples) - scored.rollout.n_expert), **scored.metrics, **extra}
+    if st.accelerator.num_processes > 1:  # the dataset rows each rank trained on (ranks must split the data)
+        from accelerate.utils import gather_object
+
+        own = scored.rollout.examples[:len(scored.rollout.examples) - scored.rollout.n_expert]
+        record["data/rows_by_rank"] = gather_object([[st.examples.index(ex) for ex in own]])
+    if st.method.demo_entry.prefix:
+        lens = [p for p, d in zip(scored.rollout.prefix_lens, scored.rollout.is_demo) if not d]
+        record.update({"prefix/rows_frac": sum(p > 0 for p in lens) / max(1, len(lens)),
+                       "prefix/len_mean": sum(lens) / max(1, sum(p > 0 for p in lens))})
+    return scored, record
+
+
+def _rollout(st: StageState, step: int, round_: int = 0) -> Rollout:
+    """The step's prompts (a pure function of seed, step, rank and the dynamic-sampling round), sampled."""
     cfg, acc = st.cfg, st.accelerator
+    # Extra rounds read their own seeded streams of prompts (the data position stays the step).
     idx = prompt_indices(len(st.examples), cfg.prompts_per_step, step, acc.process_index,
-                         acc.num_processes, cfg.run.seed, cfg.data.shuffle)
+                         acc.num_processes, cfg.run.seed + 104_729 * round_, cfg.data.shuffle or round_ > 0)
     examples = [st.examples[i] for i in idx]
     entry = st.method.demo_entry
+    # a pure function of (seed, step, rank, round): resuming resamples identically
+    seed = cfg.run.seed * 7919 + step * 104729 + acc.process_index + 15_485_863 * round_
     params = SamplingParams(n=1, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_completion_length,
-                            # a pure function of (seed, step, rank): resuming resamples identically
-                            seed=cfg.run.seed * 7919 + step * 104729 + acc.process_index)
+                            seed=seed)
+    prefix = (cfg.algo.prefix_plan(examples, st.encoder, cfg.rollout.group_size, step / cfg.steps, seed)
+              if entry.prefix else None)
     group_size = cfg.rollout.group_size if entry.on_policy else 0
-    n_expert = cfg.algo.expert_rows(len(examples) * group_size) if entry.expert_rows else 0
+    n_expert = cfg.algo.expert_rows(len(examples) * group_size) if entry.expert_rows and round_ == 0 else 0
     # The expert batch is its own seeded, always shuffled stream over the training rows (resumes like
-    # the prompts; unshuffled it would read the step's own prompts at step 0).
+    # the prompts; unshuffled it would read the step's own prompts at step 0). Drawn in round 0 only.
     experts = [st.examples[i] for i in prompt_indices(len(st.examples), n_expert, step, acc.process_index,
                                                       acc.num_processes, cfg.run.seed + EXPERT_SEED,
                                                       True)] if n_expert else []
-    rollout = build_groups(st.sampler, st.encoder, examples, params, group_size=group_size,
-                           demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
-                           max_completion_length=cfg.rollout.max_completion_length, expert_demos=experts)
-    return rollout, collate(rollout, st.encoder), idx
+    return build_groups(st.sampler, st.encoder, examples, params, group_size=group_size,
+                        demo_in_group=entry.demo_in_group, demo_rows=entry.demo_rows,
+                        max_completion_length=cfg.rollout.max_completion_length, expert_demos=experts,
+                        prefix=prefix)
 
 
 def mini_batches(batch: CollatedBatch, k: int) -> list[torch.Tensor]:
@@ -158,13 +192,14 @@ def _rows(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
 
 
 def _update(st: StageState, rows: CollatedBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
-            beta: float) -> tuple[dict[str, float], float | None]:
-    """One optimizer update on `rows` with the method's loss; returns its metrics and observed KL."""
+            beta: float, teacher: TeacherScores | None = None) -> tuple[dict[str, float], float | None]:
+    """One optimizer update on `rows` with the method's loss; returns its metrics and observed KL.
+    With the teacher's top-k ids the loss gets logp [N, T, 1 + k] (column 0: the sampled token)."""
     cfg, settings = st.cfg, st.cfg.algo
     inputs = LossInputs(settings=settings, batch=rows, mask=rows.response_mask, rewards=rows.rewards,
                         correct=rows.correct, advantages=rows.advantages, old_logp=old_logp,
                         ref_logp=ref_logp, beta=beta, progress=min(1.0, st.opt_steps / st.total_updates),
-                        l_max=cfg.rollout.max_completion_length)
+                        l_max=cfg.rollout.max_completion_length, teacher=teacher)
     outs = []
 
     def loss_fn(logp: torch.Tensor, ent: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -177,7 +212,8 @@ def _update(st: StageState, rows: CollatedBatch, old_logp: torch.Tensor | None, 
     loss, lmet, _, _ = backward_full_batch(par.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
                                            with_entropy=True, entropy_grad=entropy_grad,
                                            share_prompts=cfg.compute.share_prompts and not par.sharded,
-                                           temperature=st.needs.temperature, parallel=par)
+                                           temperature=st.needs.temperature, parallel=par,
+                                           extra_ids=None if teacher is None else teacher.topk_ids)
     return {**lmet, **_optimizer_step(st, loss)}, outs[-1].kl
 
 

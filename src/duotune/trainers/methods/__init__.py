@@ -8,9 +8,11 @@ them. Importing this package fills the `method` and `demo_entry` registries.
 
 from duotune.trainers.methods import (  # noqa: F401 - register
     chord,
+    distill,
     grpo,
     hpt,
     luffy,
+    prefix,
     relift,
     rl_plus,
     rl_sft_loss,

@@ -34,6 +34,7 @@ class DemoEntry:
     # a separate draw of demos (not the step's prompts') as extra rows outside the groups, as many as
     # the settings' `expert_rows` asks for (CHORD's expert batch)
     expert_rows: bool = False
+    prefix: bool = False  # group rows continue a demo prefix (UFT, Prefix-RFT, TRAPO): settings' prefix_plan
 
 
 DEMO_ENTRIES.register("none", DemoEntry(True, False, False), help="rollouts only (GRPO)")
@@ -44,6 +45,10 @@ DEMO_ENTRIES.register("sft_batch", DemoEntry(True, False, True),
 DEMO_ENTRIES.register("sft_only", DemoEntry(False, False, True), help="demos only, no rollouts (SFT)")
 DEMO_ENTRIES.register("expert_batch", DemoEntry(True, False, False, expert_rows=True),
                       help="G rollouts per prompt + a separate draw of demos as an expert batch (CHORD)")
+DEMO_ENTRIES.register("prefix", DemoEntry(True, False, False, prefix=True),
+                      help="rollouts + rows that continue a prefix of the demo (UFT, Prefix-RFT, TRAPO)")
+DEMO_ENTRIES.register("teacher", DemoEntry(True, False, False),
+                      help="rollouts scored token by token by a frozen teacher (on-policy distillation)")
 
 
 class MethodSettings(Cfg):
@@ -72,6 +77,16 @@ class MethodSettings(Cfg):
         once per stage from its `StageState`; None = nothing to do."""
         return None
 
+    def prefix_plan(self, examples: list[Any], encoder: Any, group_size: int, progress: float,
+                    seed: int) -> Any | None:
+        """The step's expert-prefix rows (`rollout.prefix.PrefixPlan`) for demo_entry `prefix`:
+        `progress` = rollout steps done / the stage's, `seed` a pure function of (seed, step, rank)."""
+        return None
+
+    def teacher_spec(self) -> TeacherSpec | None:
+        """The frozen teacher whose log-probs the step computes on the rollouts (distillation)."""
+        return None
+
 
 class PostUpdate(Protocol):
     """Called by the step after its RL updates with (stage state, step, rollout, scored batch); returns
@@ -84,6 +99,15 @@ class PostUpdate(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class TeacherSpec(NamedTuple):
+    """A teacher model (alias or path), how many of its top tokens per position the loss reads (0 =
+    only the sampled token's log-prob) and the temperature it is scored at."""
+
+    model: str
+    top_k: int = 0
+    temperature: float = 1.0
+
+
 @dataclass(frozen=True)
 class Needs:
     """What one step must compute for a method; the step computes nothing else."""
@@ -93,6 +117,7 @@ class Needs:
     reference: bool       # a frozen reference model (a KL term with a non-zero weight)
     old_logp: bool        # log-probs of the sampling policy (a PPO ratio that can differ from 1)
     temperature: float    # the temperature training log-probs are computed at (rollouts' T)
+    teacher: bool = False  # a frozen teacher scores the rollouts (settings' teacher_spec)
 
 
 class LossInputs(NamedTuple):
@@ -109,6 +134,7 @@ class LossInputs(NamedTuple):
     beta: float                 # KL weight of this rollout batch
     progress: float             # optimizer updates done / the stage's total, for mixing schedules
     l_max: int                  # max completion length (sum_over_lmax normaliser)
+    teacher: Any = None         # the teacher's scores of these rows (`trainers.compute.TeacherScores`)
 
 
 class LossOut(NamedTuple):
@@ -142,9 +168,10 @@ class Method:
         e = self.demo_entry
         kl = settings.kl_term()
         reused = num_iterations > 1 or settings.mini_batches() > 1
-        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows or e.expert_rows,
+        return Needs(rollouts=e.on_policy, demos=e.demo_in_group or e.demo_rows or e.expert_rows or e.prefix,
                      reference=kl is not None and kl.active(), old_logp=self.uses_ratio and reused,
-                     temperature=temperature if e.on_policy and temperature > 0 else 1.0)
+                     temperature=temperature if e.on_policy and temperature > 0 else 1.0,
+                     teacher=settings.teacher_spec() is not None)
 
 
 # Keys of the flat `algo` block before settings were per method: each names its new place.
@@ -274,8 +301,9 @@ def describe_method(name: str) -> str:
     """A method's paper, what it needs computed, and every setting with its default and description."""
     m = METHODS.get(name)
     e = m.demo_entry
-    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows),
-                             ("expert demos (a separate draw)", e.expert_rows)) if on]
+    needs = [n for n, on in (("rollouts", e.on_policy), ("demos", e.demo_in_group or e.demo_rows or e.prefix),
+                             ("expert demos (a separate draw)", e.expert_rows),
+                             ("a teacher model", m.settings.model_fields.get("teacher") is not None)) if on]
     if m.settings().kl_term() is not None:
         needs.append("reference model (when the KL weight is not 0)")
     needs.append("old log-probs when num_iterations or ppo_mini_batches > 1" if m.uses_ratio and e.on_policy
