@@ -147,13 +147,15 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
 
 
 def prune_finished(run_dir: Path) -> None:
-    """Delete what only a resume needs from a finished run (trainer_state.pt of its checkpoints,
+    """Delete what only a resume needs from a finished run (the training state of its checkpoints,
     stage-<k>-init model copies); the checkpoint models, metrics and curve stay.
     Nine methods x two seeds of a 135M model otherwise keep ~35 GB of optimizer state."""
     import shutil
 
-    for state in run_dir.glob("checkpoint-*/trainer_state.pt"):
-        state.unlink()
+    from duotune.trainers.checkpoint import list_checkpoints, prune_trainer_state
+
+    for ckpt in list_checkpoints(run_dir):
+        prune_trainer_state(ckpt)
     for init in run_dir.glob("stage-*-init"):
         shutil.rmtree(init)
 
