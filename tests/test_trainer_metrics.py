@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from duotune.errors import ConfigError, DuotuneError
+from duotune.trainers.config import RunCfg
 from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
 from duotune.trainers.step import StageState, _update
 
@@ -71,7 +72,7 @@ def _state(max_bad: int = 2) -> StageState:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     kl = SimpleNamespace(value=0.0, updates=[])
     kl.update = lambda observed, step: kl.updates.append(step)
-    cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
+    cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=RunCfg(max_bad_steps=max_bad))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     return StageState(cfg=cfg, bundle=SimpleNamespace(model=model), encoder=None, sampler=None,
                       reference=None, optimizer=opt, scheduler=sched, kl=kl, examples=[],
