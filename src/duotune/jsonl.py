@@ -1,6 +1,7 @@
 """JSONL files that survive a kill mid-write: `append` first cuts a torn last line (bytes after the
 final newline, left by an interrupted write) and then writes whole lines in one call; `read` ignores a
-torn last line but names the file and row of any bad line before it; `keep` rewrites a file atomically.
+torn last line but names the file and row of any bad line before it; `keep` and `write_json`
+rewrite a file atomically.
 
 Imports json, os and `duotune.errors` only.
 """
@@ -26,6 +27,15 @@ def decode_text(data: bytes, path: str | Path) -> str:
         row = data.count(b"\n", 0, e.start) + 1
         raise DataError(f"not UTF-8 text (byte 0x{data[e.start]:02x}); re-save the file as UTF-8",
                         file=str(path), row=row) from None
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON atomically (a temporary file renamed over `path`), so a file a
+    later run reads back (settings, summaries) is never half written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def repair_tail(path: str | Path) -> int:

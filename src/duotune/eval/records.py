@@ -75,4 +75,4 @@ class SampleStore:
                 raise ConfigError(f"{run_file.parent} holds samples made with other settings ({diff}); "
                                   "use another --out folder or delete that one to start over")
             return
-        run_file.write_text(json.dumps(fixed, indent=2) + "\n", encoding="utf-8")
+        jsonl.write_json(run_file, fixed)

@@ -133,6 +133,23 @@ def find_resume(run_dir: Path, resume: str, say: Callable[[str], None] = print) 
     return path
 
 
+def tidy(run_dir: Path, resume: Path | None, keep_last: int) -> None:
+    """Before a (resumed) run: clear what kills left behind (temporary and half-deleted folders) and
+    the checkpoints older than `resume` beyond `keep_last` (a kill between a save and its pruning)."""
+    if not run_dir.is_dir():
+        return
+    _sweep(run_dir)
+    if resume is None:
+        return
+    older = [c for c in list_checkpoints(run_dir) if checkpoint_step(c) < checkpoint_step(resume)]
+    for old in older[:max(0, len(older) - (keep_last - 1))]:
+        _remove(old)
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(json.loads((ckpt / "meta.json").read_text())["step"])
+
+
 def prune_trainer_state(ckpt: Path) -> None:
     """Delete the training state of a finished run's checkpoint (only a resume needs it; the model
     stays) and record that in meta.json, so the checkpoint still verifies as a model but is never

@@ -117,6 +117,8 @@ def _open_run(cfg: TrainConfig, run_dir: Path, accelerator: Any, say: Any) -> Pa
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        ckpt.tidy(run_dir, resume if resume is not None and resume.parent == run_dir else None,
+                  cfg.run.keep_last)
         if resume is not None:
             run_folder.adopt_stage_inits(resume, run_dir)
     accelerator.wait_for_everyone()

@@ -25,7 +25,7 @@ MAY_CHANGE = frozenset({
     "run.max_loss", "run.max_param_growth", "eval.every",
 })
 _ARTEFACT = re.compile(r"(checkpoint-\d+|stage-\d+-init|\.tmp-(?:checkpoint-\d+|stage-\d+-init)|metrics\.jsonl|\.metrics\.jsonl\.tmp"
-                       r"|curves\.png|config\.yaml|tensorboard)")
+                       r"|curves\.png|config\.yaml|\.config\.yaml\.tmp|tensorboard)")
 _ABSENT = "<absent>"
 
 
