@@ -183,3 +183,12 @@ def test_a_resumed_grpo_d_run_keeps_its_beta_schedule(tmp_path, data_file):
              for r in (full, cut)]
     assert betas[1] == betas[0]
     assert _same(_weights(cut.checkpoint), _weights(full.checkpoint))
+
+
+def test_fewer_steps_than_the_checkpoint_or_a_broken_reward_leave_the_run_alone(tmp_path, data_file):
+    train(_cfg(tmp_path, data_file, "run.name=r", "steps=2"))
+    with pytest.raises(ConfigError, match="checkpoint-000002 is at step 2, past this config's 1 steps"):
+        train(_cfg(tmp_path, data_file, "run.name=r", "steps=1"))
+    with pytest.raises(ConfigError, match="could not be imported"):  # checked before anything is deleted
+        train(_cfg(tmp_path, data_file, "run.name=r", "run.resume=never", "reward.names=[nosuchmod:fn]"))
+    assert _steps(tmp_path / "r") == [1, 2] and (tmp_path / "r" / "checkpoint-000002").is_dir()

@@ -57,16 +57,13 @@ def train(cfg: TrainConfig) -> RunResult:
     stages = stage_configs(cfg)
     run_dir = _run_dir(cfg)
     say = print if accelerator.is_main_process else _quiet
-    resume = _open_run(cfg, run_dir, accelerator, say)
     total = sum(s.steps for s in stages)
+    _preflight(stages)  # before the run folder is touched: a typo never costs the old run
+    resume = _open_run(cfg, run_dir, total, accelerator, say)
     state = ckpt.load_trainer_state(resume) if resume else None
     global_step = int(state["global_step"]) if state else 0
     if resume is not None:
         say(f"resuming from {resume.name} (step {global_step})")
-        if global_step > total:
-            raise ConfigError(f"{resume} is at step {global_step}, past this config's {total} steps; "
-                              "raise steps, or start over with run.resume=never")
-    _preflight(stages)
     logger = MetricsLogger(run_dir, total, global_step, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
                            is_main=accelerator.is_main_process, run_name=run_dir.name,
@@ -103,7 +100,7 @@ def _quiet(message: str) -> None:
     """`say` on processes other than the main one."""
 
 
-def _open_run(cfg: TrainConfig, run_dir: Path, accelerator: Any, say: Any) -> Path | None:
+def _open_run(cfg: TrainConfig, run_dir: Path, total: int, accelerator: Any, say: Any) -> Path | None:
     """Bind the run folder to `cfg` and return the checkpoint to resume (see `run_folder`): resume=never
     clears the folder first; a checkpoint trained under another config is refused before anything is
     written; another run's checkpoint brings that run's stage-start weights along."""
@@ -114,6 +111,9 @@ def _open_run(cfg: TrainConfig, run_dir: Path, accelerator: Any, say: Any) -> Pa
     resume = ckpt.find_resume(run_dir, cfg.run.resume, say)
     if resume is not None:
         run_folder.check_binding(resume, cfg.model_dump(mode="json"), run_dir)
+        if ckpt.checkpoint_step(resume) > total:
+            raise ConfigError(f"{resume} is at step {ckpt.checkpoint_step(resume)}, past this config's "
+                              f"{total} steps; raise steps, or start over with run.resume=never")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
