@@ -9,7 +9,7 @@ a checkpoint save and of pruning), and timed kills at a seeded random moment aft
 Eval: `duotune eval` (tiny-llm, gsm8k, 8 items x 2 samples) killed halfway through writing the n-th
 batch of samples, then re-run: survived = the same samples as an uninterrupted eval, none twice.
 
-    python benchmarks/fault_drill.py [--trials 8] [--timed 3] [--seed 0] [--out benchmarks/results/fault_drill.json]
+    python benchmarks/fault_drill.py [--trials 4] [--timed 3] [--seed 0] [--out benchmarks/results/fault_drill.json]
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _env() -> dict[str, str]:
 def _train_args(method: str, out: Path, data: Path) -> list[str]:
     return ["train", str(ROOT / "configs" / "tiny" / f"{method}.yaml"), f"data.train={data}",
             f"run.output_dir={out}", "run.name=r", "run.progress=false", "run.plots=false",
-            "reward.names=[toy_rewards:digit_share]", "run.resume=auto", f"steps={STEPS}",
+            f"reward.names=[toy_rewards:{'any_digit' if method == 'srft' else 'digit_share'}]",
+            "run.resume=auto", f"steps={STEPS}",
             "run.save_every=1", "run.keep_last=2"]
 
 
@@ -135,7 +136,7 @@ def _tally(results: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=8, help="seeded kill points per method (at most 8)")
+    ap.add_argument("--trials", type=int, default=4, help="seeded kill points per method (at most 8)")
     ap.add_argument("--timed", type=int, default=3, help="kills at a random moment, per method")
     ap.add_argument("--eval-trials", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)

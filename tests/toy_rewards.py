@@ -10,3 +10,8 @@ def digit_share(completions, **_):
 def nan_on_third(completions, **_):
     """A broken reward: NaN for the third completion of a batch."""
     return [float("nan") if i == 2 else 0.5 for i in range(len(completions))]
+
+
+def any_digit(completions, **_):
+    """Binary (0/1), as SRFT's outcome split needs: 1 when the completion has a digit."""
+    return [float(any(ch.isdigit() for ch in c)) for c in completions]
