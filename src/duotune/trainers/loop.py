@@ -128,11 +128,12 @@ def _open_run(cfg: TrainConfig, run_dir: Path, total: int, accelerator: Any, say
 def _preflight(stages: list[TrainConfig]) -> None:
     """Fail before the first step rather than after it: user reward modules are imported here (this is
     where a config's own code runs) and the in-training benchmark is read."""
-    from duotune.trainers.methods import METHODS, reward_manager
+    from duotune.trainers.methods import METHODS, _reward_manager
 
     for scfg in stages:
-        if METHODS.get(scfg.method).uses_reward:
-            reward_manager(scfg.reward)
+        if METHODS.get(scfg.method).uses_reward:  # the cached manager score_rollout then uses
+            r = scfg.reward
+            _reward_manager(tuple(r.names), tuple(r.weights or [1.0] * len(r.names)))
         if scfg.eval.every:
             from duotune.eval import load_benchmark
 

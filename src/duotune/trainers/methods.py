@@ -211,11 +211,6 @@ def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...]) -> Rewar
     return RewardManager(list(zip(names, weights)))
 
 
-def reward_manager(cfg: Any) -> RewardManager:
-    """The (cached) RewardManager of a reward config; building it imports user reward modules."""
-    return _reward_manager(tuple(cfg.names), tuple(cfg.weights or [1.0] * len(cfg.names)))
-
-
 def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the configured rewards per row (None = not applicable = 0) and metrics.
 
@@ -223,7 +218,9 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, dict[str, float
     (`reward/mixed/<type>`); means and stds here are over on-policy rows only, so a demo in
     the group (LUFFY/SRFT) does not inflate them; the demo's own mean is `reward/demo_mean`.
     """
-    totals, components, metrics = reward_manager(cfg).score(list(rollout.texts), rollout.columns())
+    weights = tuple(cfg.weights or [1.0] * len(cfg.names))
+    totals, components, metrics = _reward_manager(tuple(cfg.names), weights).score(
+        list(rollout.texts), rollout.columns())
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
     on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
     for name, vals in components.items():
