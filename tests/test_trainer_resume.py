@@ -192,3 +192,19 @@ def test_fewer_steps_than_the_checkpoint_or_a_broken_reward_leave_the_run_alone(
     with pytest.raises(ConfigError, match="could not be imported"):  # checked before anything is deleted
         train(_cfg(tmp_path, data_file, "run.name=r", "run.resume=never", "reward.names=[nosuchmod:fn]"))
     assert _steps(tmp_path / "r") == [1, 2] and (tmp_path / "r" / "checkpoint-000002").is_dir()
+
+
+def test_a_checkpoint_of_an_older_duotune_still_resumes(tmp_path, data_file, reference):
+    """trainer_state.pt (torch.save of the optimizer, schedule, KL vars, RNG with numpy arrays) and a
+    meta.json without hashes: read with weights_only=True, and the run ends as the uninterrupted one."""
+    from duotune.trainers.checkpoint import load_trainer_state
+
+    train(_cfg(tmp_path, data_file, "run.name=old", "steps=3", "run.save_every=1", "run.stop_after=1"))
+    ckpt = tmp_path / "old" / "checkpoint-000001"
+    state = load_trainer_state(ckpt)
+    for f in ckpt.glob("trainer_state.*"):
+        f.unlink()
+    torch.save(state, ckpt / "trainer_state.pt")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 1}))
+    res = train(_cfg(tmp_path, data_file, "run.name=old", "steps=3"))
+    assert _same(_weights(res.checkpoint), _weights(reference / "checkpoint-000003"))
