@@ -82,7 +82,9 @@ def test_lora_vlm_trains_tower_and_projector_at_their_own_lr(tmp_path):
 
 
 def _optimizer_groups(res):
-    state = torch.load(res.checkpoint / "trainer_state.pt", weights_only=False)
+    from duotune.trainers.checkpoint import load_trainer_state
+
+    state = load_trainer_state(res.checkpoint)
     return state["optimizer"]["param_groups"]
 
 

@@ -234,7 +234,9 @@ def test_resumed_adaptive_kl_continues_from_the_controllers_state(tmp_path, data
     full = train(_cfg(tmp_path, data_file, "grpo", "run.name=full", *over))
     train(_cfg(tmp_path, data_file, "grpo", "run.name=cut", "run.stop_after=1", *over))
     cut = train(_cfg(tmp_path, data_file, "grpo", "run.name=cut", "run.resume=auto", *over))
-    state = torch.load(cut.run_dir / "checkpoint-000003" / "trainer_state.pt", weights_only=False)
+    from duotune.trainers.checkpoint import load_trainer_state
+
+    state = load_trainer_state(cut.run_dir / "checkpoint-000003")
     assert set(state["kl"]) == {"value"}  # the controller's own state_dict
     assert [r["kl/beta"] for r in _records(cut)] == pytest.approx([r["kl/beta"] for r in _records(full)])
 

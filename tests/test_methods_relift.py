@@ -152,7 +152,9 @@ def test_resume_restores_the_buffer_and_the_sft_optimizer(tmp_path, data_file):
     full = _records(train(_cfg(tmp_path, data_file, "test_never", "run.name=full", *over)))
     train(_cfg(tmp_path, data_file, "test_never", "run.name=cut", "run.stop_after=2", *over))
     cut = train(_cfg(tmp_path, data_file, "test_never", "run.name=cut", "run.resume=auto", *over))
-    state = torch.load(cut.run_dir / "checkpoint-000002" / "trainer_state.pt", weights_only=False)
+    from duotune.trainers.checkpoint import load_trainer_state
+
+    state = load_trainer_state(cut.run_dir / "checkpoint-000002")
     assert len(state["method_state"]["buffer"]) == 1 and state["method_state"]["updates"] == 1
     resumed = _records(cut)
     assert [r["relift/sft_updates"] for r in full] == [0, 1, 2, 2, 3]

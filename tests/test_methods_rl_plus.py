@@ -99,7 +99,8 @@ def test_the_ratio_reads_the_sampling_policy_and_is_never_clipped_on_demo_tokens
 def test_group_statistics_leave_the_demo_out():
     """Rewards (1, 0 | demo 1): on-policy mean 0.5, so A = (0.5, -0.5, 0.5); LUFFY's statistics over
     the whole group give (1/3, -2/3, 1/3)."""
-    rollout = SimpleNamespace(group_ids=[0, 0, 0], is_demo=[False, False, True], group_size=3)
+    rollout = SimpleNamespace(group_ids=[0, 0, 0], is_demo=[False, False, True], group_size=3,
+                              off_policy=lambda: [False, False, True])
     r, ok = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True])
     a, _ = advantages(METHODS.get("rl_plus").settings().group_stats(), rollout, r, ok)
     assert a.tolist() == pytest.approx([0.5, -0.5, 0.5])

@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from duotune.errors import ConfigError, DuotuneError
+from duotune.trainers.config import RunCfg
 from duotune.trainers.distributed import Parallel
 from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
 from duotune.trainers.step import StageState, _optimizer_step
@@ -71,7 +72,7 @@ def _state(max_bad: int = 2) -> StageState:
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=SimpleNamespace(max_bad_steps=max_bad))
+    cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=None), run=RunCfg(max_bad_steps=max_bad))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     acc = Accelerator(cpu=True)
     return StageState(cfg=cfg, method=None, needs=None, bundle=SimpleNamespace(model=model), encoder=None,

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from duotune import jsonl
 from duotune.analysis.compare_config import CompareConfig
 from duotune.analysis.plan import BASE
 from duotune.errors import ConfigError
@@ -66,9 +67,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return jsonl.read(path)
 
 
 def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float) -> dict[str, Any]:
@@ -148,13 +147,15 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
 
 
 def prune_finished(run_dir: Path) -> None:
-    """Delete what only a resume needs from a finished run (trainer_state.pt of its checkpoints,
+    """Delete what only a resume needs from a finished run (the training state of its checkpoints,
     stage-<k>-init model copies); the checkpoint models, metrics and curve stay.
     Nine methods x two seeds of a 135M model otherwise keep ~35 GB of optimizer state."""
     import shutil
 
-    for state in run_dir.glob("checkpoint-*/trainer_state.pt"):
-        state.unlink()
+    from duotune.trainers.checkpoint import list_checkpoints, prune_trainer_state
+
+    for ckpt in list_checkpoints(run_dir):
+        prune_trainer_state(ckpt)
     for init in run_dir.glob("stage-*-init"):
         shutil.rmtree(init)
 
@@ -167,8 +168,7 @@ def _bundle_at(run_dir: Path, step: int, load_model: Any) -> Any:
 
 def _append(path: Path, curve: dict[int, dict[str, Any]], point: dict[str, Any]) -> None:
     curve[point["step"]] = point
-    with path.open("a") as f:
-        f.write(json.dumps(point) + "\n")
+    jsonl.append(path, [point])
 
 
 def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class CompareConfig(Cfg):
     ratio: tuple[str, str] = Field(("sft_then_grpo", "srft"), description="time-to-accuracy ratio "
                                                                           "numerator / denominator")
     progress: bool = Field(True, description="show progress bars")
-    keep_optimizer_state: bool = Field(False, description="keep a finished run's trainer_state.pt "
+    keep_optimizer_state: bool = Field(False, description="keep a finished run's training state "
                                        "(optimizer moments, ~2x the model) and stage-<k>-init copies; by "
                                        "default they are deleted once the method is trained and scored "
                                        "(a finished run is never resumed; its checkpoint models stay)")

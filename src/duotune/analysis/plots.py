@@ -3,16 +3,16 @@ read from each run's metrics.jsonl (reward, entropy, response length, KL, SRFT's
 GRPO-D's beta, CHORD's mu, HPT's share routed to SFT, ReLIFT's buffer, expert-prefix length, KL to a
 distillation teacher, DAPO's sampling rounds), one line per method (mean over seeds at each step).
 
-Imports matplotlib (Agg) and json only; no torch.
+Imports matplotlib (Agg) and `duotune.jsonl` only; no torch.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from duotune import jsonl
 from duotune.plotting import pyplot, save_figure
 
 # (file stem, title, metrics.jsonl keys drawn on it); methods without the key are left out.
@@ -40,11 +40,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     by_step: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec.get("kind") != "eval":
-                by_step[int(rec["step"])] = rec
+    for rec in jsonl.read(path):  # a torn last line is skipped; a bad middle line names its row
+        if rec.get("kind") != "eval":
+            by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 

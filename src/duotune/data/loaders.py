@@ -18,6 +18,7 @@ from duotune.data.example import Example
 from duotune.data.formats import RowContext, data_formats, detect_format
 from duotune.data.templates import apply_prompt_style, prompt_styles, render_demo
 from duotune.errors import ConfigError, DataError
+from duotune.jsonl import decode_text
 from duotune.paths import data_dir
 
 _SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
@@ -146,7 +147,7 @@ def _from_file(path: Path) -> _Rows:
                      lambda idx: table.take(idx).to_pylist() if idx else [])
     if suffix not in (".jsonl", ".ndjson", ".json"):
         raise DataError("unsupported file type; use .jsonl, .json or .parquet", file=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path.read_bytes(), path)  # a non-UTF-8 byte names its row
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

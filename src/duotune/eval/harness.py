@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from duotune import jsonl
 from duotune.data import Example
 from duotune.eval.benchmarks import extraction_mode, get_benchmark, load_benchmark, resolve_benchmarks
 from duotune.eval.grading import grade
@@ -145,7 +146,7 @@ def _run_benchmark(source: ModelSource, run: _Run, examples: list[Example], batc
     summary = summarize(records, {ex.id: ex.meta for ex in examples}, run.breakdown)
     summary = {"benchmark": run.name, **summary, "extraction": run.extraction, "settings": run.settings}
     if out is not None:
-        (out / run.name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        jsonl.write_json(out / run.name / "summary.json", summary)
     return summary
 
 
@@ -226,7 +227,7 @@ def _merge_summaries(path: Path, results: dict[str, dict[str, Any]]) -> None:
     merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     merged.update(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    jsonl.write_json(path, merged)
 
 
 def _is_bundle(obj: Any) -> bool:

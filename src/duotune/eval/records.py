@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from duotune import jsonl
 from duotune.errors import ConfigError, DataError
 
 # Settings that change what a sample means; a resumed run must keep them (n and limit may grow).
@@ -52,21 +53,13 @@ class SampleStore:
         for r in records:
             self.records[(r["item_id"], r["sample_index"], r["prompt_hash"])] = r
         if self.path is not None and records:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            jsonl.append(self.path, records, ensure_ascii=False)  # cuts a torn tail first
 
     def _read(self, path: Path) -> None:
-        with path.open(encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+        for number, r in jsonl.read_rows(path):  # a torn last line (a kill mid-write) is skipped
             try:
-                r = json.loads(line)
                 key = (str(r["item_id"]), int(r["sample_index"]), str(r["prompt_hash"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if number == len(lines):  # a run killed mid-write leaves a partial last line
-                    continue
+            except (KeyError, TypeError, ValueError):
                 raise DataError("not a sample record of duotune eval; delete the file or use another "
                                 "--out", file=str(path), row=number) from None
             self.records[key] = r
@@ -82,4 +75,4 @@ class SampleStore:
                 raise ConfigError(f"{run_file.parent} holds samples made with other settings ({diff}); "
                                   "use another --out folder or delete that one to start over")
             return
-        run_file.write_text(json.dumps(fixed, indent=2) + "\n", encoding="utf-8")
+        jsonl.write_json(run_file, fixed)

@@ -32,7 +32,10 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | str | None = No
     if name in MODELS:
         bundle = MODELS.get(name)(dt)
     elif Path(name).is_dir():
-        bundle = load_folder(Path(name), dtype=dt, name=name)
+        bundle = _load_local(model_folder(Path(name)), dt, name)
+    elif _looks_local(name):
+        raise DuotuneError(f"model {name!r}: no such folder; give an existing model folder, a hub id "
+                           f"(org/name) or an alias ({', '.join(MODELS.names())})")
     elif "/" in name:
         bundle = _load_hub(name, dt)
     else:
@@ -41,6 +44,38 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | str | None = No
     if freeze_vision_tower:
         freeze_tower(bundle.model)
     return bundle
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ('org/name'): absolute, relative with ./ ../ ~, or deeper."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def model_folder(path: Path) -> Path:
+    """The folder holding config.json: `path` itself, a duotune checkpoint's `model/`, or the newest
+    checkpoint of a duotune run folder; a DuotuneError naming `path` otherwise."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    numbered = [p for p in path.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()
+                and (p / "model" / "config.json").is_file()]
+    if numbered:
+        return max(numbered, key=lambda p: int(p.name[len("checkpoint-"):])) / "model"
+    raise DuotuneError(f"{path} is not a model folder: it has no config.json; give a transformers "
+                       "checkpoint (config.json + weights), a duotune checkpoint-N folder or run folder, "
+                       "a hub id or an alias")
+
+
+def _load_local(path: Path, dtype: torch.dtype, name: str) -> ModelBundle:
+    from safetensors import SafetensorError
+
+    try:
+        return load_folder(path, dtype=dtype, name=name)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise DuotuneError(f"{path} could not be loaded as a model ({err.__class__.__name__}: "
+                           f"{str(err).splitlines()[0][:300]}); check its config.json and weight files"
+                           ) from None
 
 
 def _load_hub(name: str, dtype: torch.dtype) -> ModelBundle:

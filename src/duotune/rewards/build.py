@@ -113,13 +113,19 @@ def get_reward(name: str | Callable[..., Any], **params: Any) -> RewardFn:
 
 
 def validate_reward_name(name: str) -> str:
-    """Return `name` when `get_reward(name)` can resolve it (for config validation), else raise."""
+    """Return `name` when it is a registered reward or shaped like an import path (config validation).
+
+    An import path is only checked for its shape here: importing runs the module's code, which
+    happens when training starts (`get_reward`), never while a config is merely loaded."""
     if name in REWARDS:
         return name
-    if name.startswith("verl:"):
-        _import(name[len("verl:"):])
-    elif ":" in name or "." in name:
-        _import(name)
-    else:
+    path = name[len("verl:"):] if name.startswith("verl:") else name
+    if ":" not in path and "." not in path:
         raise UnknownNameError("reward", name, REWARDS.names())
+    module, sep, attr = path.partition(":")
+    if not sep:
+        module, _, attr = path.rpartition(".")
+    if not (all(part.isidentifier() for part in module.split(".")) and attr.isidentifier()):
+        raise ConfigError(f"reward {name!r} is neither a registered name nor an import path like "
+                          f"'my_pkg.rewards:my_reward'; registered: {', '.join(REWARDS.names())}")
     return name

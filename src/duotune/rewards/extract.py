@@ -7,6 +7,7 @@ the standard library, never math-verify, torch or other duotune modules.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _BOX_MARKERS = ("\\boxed{", "\\fbox{")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*", re.IGNORECASE)
@@ -161,13 +162,19 @@ def normalize_mcq(text: str) -> str | None:
     return found.group(1).upper() if found else None
 
 
-def parse_int(answer: str | None) -> int | None:
-    """An integer answer ('12', '1,000', '$7$', '3.0') as int, or None when it is not one."""
+def canonical_int(answer: str | None) -> str | None:
+    """An integer answer ('12', '1,000', '$7$', '3.0', '+007') in canonical decimal form ('-12', '0'),
+    or None when it is not one. Kept as text, so integers of any length compare (Python's int() stops
+    at 4,300 digits) in linear time."""
     if answer is None:
         return None
     value = unwrap(answer).replace(",", "").rstrip(".").strip()
-    m = re.fullmatch(r"([+-]?\d+)(?:\.0+)?", value)
-    return int(m.group(1)) if m else None
+    m = re.fullmatch(r"([+-]?)(\d+)(?:\.0+)?", value)
+    if not m:
+        return None
+    # Any decimal digits count, as for int(): fullwidth '１２' and Arabic-Indic '١٢' are 12.
+    digits = "".join(c if c.isascii() else str(unicodedata.decimal(c)) for c in m.group(2)).lstrip("0") or "0"
+    return digits if m.group(1) != "-" or digits == "0" else "-" + digits
 
 
 def parse_box(value: object) -> tuple[float, float, float, float] | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from duotune.errors import ConfigError, DataError
 from duotune.rewards.base import PooledReward, Reward, gold_letter
-from duotune.rewards.extract import answer_tag, extract_answer, last_boxed, normalize_mcq, parse_box, parse_int
+from duotune.rewards.extract import answer_tag, canonical_int, extract_answer, last_boxed, normalize_mcq, parse_box
 from duotune.rewards.final import check_mode, final_answer
 from duotune.rewards.pool import default_pool
 
@@ -138,11 +138,11 @@ class DigitReward(Reward):
         return self.per_gold(completions, columns, self._one)
 
     def _one(self, i: int, c: str, g: Any) -> float:
-        gold = parse_int(str(g))
+        gold = canonical_int(str(g))
         if gold is None:
             raise DataError(f"reward 'digit': gold {g!r} is not an integer; fix the 'answer' "
                             "column or route the sample to 'math'", row=i, field="answer")
-        return float(parse_int(extract_answer(c, allow_last_number=self.allow_last_number)) == gold)
+        return float(canonical_int(extract_answer(c, allow_last_number=self.allow_last_number)) == gold)
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

@@ -134,6 +134,9 @@ class RewardManager:
         for i, v in enumerate(values):
             if v is not None and not isinstance(v, numbers.Real):
                 raise RewardError(key, f"returned {v!r}; rewards must be float or None", index=i)
+            if v is not None and not math.isfinite(v):  # one NaN would void the whole group's advantages
+                raise RewardError(key, f"returned {v!r}; rewards must be finite numbers, or None for "
+                                       "'not applicable'", index=i)
         return list(values)
 
 

@@ -45,7 +45,12 @@ def serve(conn: Connection) -> None:
         if msg is None:
             return
         fn_ref, items = msg
-        fn = resolve(fn_ref)
+        try:
+            fn = resolve(fn_ref)
+        except Exception as exc:  # a bad reference is every item's error, not a crash (and a respawn)
+            for idx, _ in items:
+                conn.send((idx, "error", f"cannot load {fn_ref!r}: {type(exc).__name__}: {exc}"))
+            continue
         for idx, args in items:
             before = verify.timeouts_seen()
             try:
@@ -54,7 +59,17 @@ def serve(conn: Connection) -> None:
                 conn.send((idx, "error", f"{type(exc).__name__}: {exc}"))
                 continue
             timed_out = verify.timeouts_seen() > before and not value
-            conn.send((idx, "timeout" if timed_out else "ok", value))
+            _reply(conn, idx, "timeout" if timed_out else "ok", value)
+
+
+def _reply(conn: Connection, idx: int, status: str, value: Any) -> None:
+    """Send one result; a value that cannot be pickled becomes that item's error (pickling happens
+    before any byte is written, so the connection stays usable)."""
+    try:
+        conn.send((idx, status, value))
+    except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError ...
+        conn.send((idx, "error", f"returned an unpicklable {type(value).__name__} ({type(exc).__name__}: "
+                                 f"{exc}); return numbers, strings or containers of them"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ pydantic, the registries and `duotune.config`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -96,22 +97,55 @@ class LoraCfg(Cfg):
                                   "(default: optim.lr, which the adapters use)")
 
 
+def _known_benchmark(name: str | None) -> str | None:
+    """A registered benchmark name, checked when the config loads (not at the first eval, steps later)."""
+    from duotune.eval.benchmarks import benchmarks
+
+    return name if name is None else benchmarks.validate(name)
+
+
+def _folder_name(name: str | None) -> str | None:
+    """One plain folder name, so the run folder stays inside run.output_dir."""
+    if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise ValueError(f"run.name {name!r} must be one folder name (no '/', '\\', '..'), so the run "
+                         "stays inside run.output_dir")
+    return name
+
+
+def _no_parent_steps(path: str) -> str:
+    """An output folder that does not climb out of where it is given ('..' parts); absolute is fine."""
+    if ".." in Path(path).parts:
+        raise ValueError(f"run.output_dir {path!r} climbs out with '..'; give a folder below the working "
+                         "directory or an absolute path")
+    return path
+
+
 class EvalCfg(Cfg):
-    benchmark: str | None = Field(None, description="benchmark evaluated during training")
+    benchmark: Annotated[str | None, AfterValidator(_known_benchmark)] = Field(
+        None, description="benchmark evaluated during training")
     every: int = Field(0, ge=0, description="evaluate every N steps (0 = never)")
     limit: int = Field(50, ge=1, description="items of the benchmark to evaluate")
     max_new_tokens: int = Field(256, ge=1, description="decode length of in-training evaluation")
 
 
 class RunCfg(Cfg):
-    output_dir: str = Field("runs", description="parent folder of run folders")
-    name: str | None = Field(None, description="run folder name (default: method-model-time)")
+    output_dir: Annotated[str, AfterValidator(_no_parent_steps)] = Field(
+        "runs", description="parent folder of run folders")
+    name: Annotated[str | None, AfterValidator(_folder_name)] = Field(
+        None, description="run folder name (default: method-model-time)")
     seed: int = Field(0, description="seed for data order, sampling and init")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     keep_last: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
     resume: str = Field("auto", description="auto (latest checkpoint in the run folder) | never | PATH")
     stop_after: int | None = Field(None, description="stop after this global step (for resume tests)")
-    max_bad_steps: int = Field(3, ge=1, description="consecutive non-finite losses before stopping")
+    max_bad_steps: int = Field(3, ge=1, description="consecutive skipped or rolled-back updates before stopping")
+    max_loss: float | None = Field(None, gt=0, description="loss-spike bound: an update whose |loss| "
+                                   "exceeds it is not applied (None = no bound)")
+    max_param_growth: float | None = Field(2.0, gt=1, description="an update that multiplies the norm of "
+                                           "the trained weights by more than this (or makes them non-"
+                                           "finite) is rolled back (None = only non-finite)")
+    rollback: bool = Field(True, description="keep a copy of the trained weights and optimizer state "
+                           "before each update, to roll a bad one back (false: stop the run instead)")
     progress: bool = Field(True, description="show a tqdm progress bar")
     tensorboard: bool = Field(False, description="also log to tensorboard (needs tensorboard)")
     wandb: bool = Field(False, description="also log to Weights & Biases (needs wandb)")

@@ -18,11 +18,12 @@ import torch
 
 from duotune.config import save_config
 from duotune.data import load_examples
-from duotune.errors import DuotuneError
+from duotune.errors import ConfigError, DuotuneError
 from duotune.models import load_model, save_model
 from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
 from duotune.rollout import HFSampler, PromptEncoder
 from duotune.trainers import checkpoint as ckpt
+from duotune.trainers import run_folder
 from duotune.trainers.config import TrainConfig, stage_configs
 from duotune.trainers.distributed import build_accelerator, describe, parallel_kind, plain_loading, prepare
 from duotune.trainers.methods import METHODS
@@ -41,6 +42,8 @@ class RunResult:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     bundle: Any = None  # the trained ModelBundle (final weights, still in memory)
+    steps_run: int = 0  # steps this call ran, and the optimizer updates they applied
+    updates: int = 0
 
 
 def _run_dir(cfg: TrainConfig) -> Path:
@@ -54,14 +57,14 @@ def train(cfg: TrainConfig) -> RunResult:
     torch.manual_seed(cfg.run.seed + accelerator.process_index)
     stages = stage_configs(cfg)
     run_dir = _run_dir(cfg)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    accelerator.wait_for_everyone()
+    say = print if accelerator.is_main_process else _quiet
     total = sum(s.steps for s in stages)
-    resume = ckpt.find_resume(run_dir, cfg.run.resume)
+    _preflight(stages)  # before the run folder is touched: a typo never costs the old run
+    resume = _open_run(cfg, run_dir, total, accelerator, say)
     state = ckpt.load_trainer_state(resume) if resume else None
     global_step = int(state["global_step"]) if state else 0
+    if resume is not None:
+        say(f"resuming from {resume.name} (step {global_step})")
     logger = MetricsLogger(run_dir, total, global_step, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
                            is_main=accelerator.is_main_process, run_name=run_dir.name,
@@ -87,7 +90,55 @@ def train(cfg: TrainConfig) -> RunResult:
     result.bundle = bundle
     if accelerator.is_main_process and cfg.run.plots:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    if result.steps_run and not result.updates:
+        raise DuotuneError(f"no update was applied in {result.steps_run} steps: each was skipped or rolled "
+                           "back (see the warnings); lower optim.lr, or check the rewards and data")
+    if not result.steps_run and global_step >= total:
+        say(f"{run_dir} has finished all {total} steps; nothing to train (raise steps to continue)")
     return result
+
+
+def _quiet(message: str) -> None:
+    """`say` on processes other than the main one."""
+
+
+def _open_run(cfg: TrainConfig, run_dir: Path, total: int, accelerator: Any, say: Any) -> Path | None:
+    """Bind the run folder to `cfg` and return the checkpoint to resume (see `run_folder`): resume=never
+    clears the folder first; a checkpoint trained under another config is refused before anything is
+    written; another run's checkpoint brings that run's stage-start weights along."""
+    main = accelerator.is_main_process
+    if cfg.run.resume == "never" and main:
+        run_folder.start_clean(run_dir, say)
+    accelerator.wait_for_everyone()
+    resume = ckpt.find_resume(run_dir, cfg.run.resume, say)
+    if resume is not None:
+        run_folder.check_binding(resume, cfg.model_dump(mode="json"), run_dir)
+        if ckpt.checkpoint_step(resume) > total:
+            raise ConfigError(f"{resume} is at step {ckpt.checkpoint_step(resume)}, past this config's "
+                              f"{total} steps; raise steps, or start over with run.resume=never")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        ckpt.tidy(run_dir, resume if resume is not None and resume.parent == run_dir else None,
+                  cfg.run.keep_last)
+        if resume is not None:
+            run_folder.adopt_stage_inits(resume, run_dir)
+    accelerator.wait_for_everyone()
+    return resume
+
+
+def _preflight(stages: list[TrainConfig]) -> None:
+    """Fail before the first step rather than after it: user reward modules are imported here (this is
+    where a config's own code runs) and the in-training benchmark is read."""
+    from duotune.trainers.scoring import reward_manager
+
+    for scfg in stages:
+        if METHODS.get(scfg.method).uses_reward:  # the cached manager score_rollout then uses
+            reward_manager(scfg.reward)
+        if scfg.eval.every:
+            from duotune.eval import load_benchmark
+
+            load_benchmark(scfg.eval.benchmark, limit=scfg.eval.limit)
 
 
 def _stage_bundle(cfg: TrainConfig, k: int, prev: Any, run_dir: Path, resume: Path | None,
@@ -199,6 +250,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         if st.post_update is not None and state.get("method_state"):
             st.post_update.load_state_dict(state["method_state"])
         step = int(state["global_step"]) - begin
+        # KL schedules and mixing schedules read the optimizer-step count (older checkpoints lack it)
+        st.opt_steps = int(state.get("opt_steps", step * cfg.num_iterations * cfg.algo.mini_batches()))
+    opt_start = st.opt_steps
     while step < cfg.steps:
         t0 = time.perf_counter()
         record = train_step(st, step)
@@ -206,6 +260,7 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
                       **{"time/step": time.perf_counter() - t0})
         step += 1
         result.global_step, result.last_metrics = begin + step, record
+        result.steps_run += 1
         logger.log(record)
         _maybe_eval(st, result.global_step, record)
         done = step == cfg.steps or result.global_step == cfg.run.stop_after
@@ -213,6 +268,7 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
             result.checkpoint = _save(st, run_dir, result.global_step)
         if cfg.run.stop_after is not None and result.global_step >= cfg.run.stop_after:
             break
+    result.updates += st.opt_steps - opt_start
     return result
 
 
@@ -223,6 +279,7 @@ def _save(st: StageState, run_dir: Path, global_step: int) -> Path:
     acc.wait_for_everyone()
     state = {"global_step": global_step, "scheduler": st.scheduler.state_dict(),
              "kl": st.kl.state_dict() if st.kl is not None else {}, "bad_in_row": st.bad_in_row,
+             "opt_steps": st.opt_steps,
              "method_state": st.post_update.state_dict() if st.post_update is not None else {}}
     if par.sharded:
         if acc.is_main_process:

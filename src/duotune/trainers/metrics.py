@@ -7,13 +7,13 @@ Imports json, tqdm, matplotlib (lazily, only for plots) and optional trackers; n
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from duotune import jsonl
 from duotune.errors import ConfigError
 from duotune.plotting import pyplot, save_figure
 
@@ -55,6 +55,8 @@ class MetricsLogger:
         self.bar = None
         if not is_main:
             return
+        # A resumed run redoes the steps after its checkpoint: their old records (and a torn tail) go.
+        jsonl.keep(self.path, lambda r: int(r.get("step", 0)) <= start_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -76,8 +78,7 @@ class MetricsLogger:
         if not self.is_main:
             return
         clean = {k: _jsonable(v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        jsonl.append(self.path, [clean])
         step = int(record["step"])
         if self.tb is not None:
             for k, v in clean.items():
@@ -112,7 +113,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of metrics.jsonl by step; a step logged twice (a folder resumed by an older
+    duotune) keeps its last record, so curves never double back. A bad line names file and row."""
+    latest: dict[tuple[int, bool], dict[str, Any]] = {}
+    for r in jsonl.read(path):
+        key = (int(r.get("step", 0)), r.get("kind") == "eval")
+        latest.pop(key, None)
+        latest[key] = r
+    return sorted(latest.values(), key=lambda r: int(r.get("step", 0)))
 
 
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:

@@ -16,9 +16,15 @@ from duotune import algos
 from duotune.rewards import RewardManager
 
 
+def reward_manager(cfg: Any) -> RewardManager:
+    """The RewardManager of a reward config (`RewardCfg`), built once per config and reused across
+    steps; building it imports user reward modules (`pkg.mod:fn`), so the trainer calls it first."""
+    weights = tuple(cfg.weights or [1.0] * len(cfg.names))
+    return _reward_manager(tuple(cfg.names), weights, json.dumps(cfg.params, sort_keys=True))
+
+
 @functools.lru_cache(maxsize=8)
 def _reward_manager(names: tuple[str, ...], weights: tuple[float, ...], params: str) -> RewardManager:
-    """One RewardManager per reward config (params as sorted JSON), built once and reused across steps."""
     by_name = json.loads(params)
     return RewardManager([(n, w, by_name.get(n, {})) for n, w in zip(names, weights)])
 
@@ -30,8 +36,7 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     never counts. Means and stds are over on-policy rows only, so a demo in the group (LUFFY/SRFT)
     does not inflate them; the demo's own mean is `reward/demo_mean`.
     """
-    weights = tuple(cfg.weights or [1.0] * len(cfg.names))
-    manager = _reward_manager(tuple(cfg.names), weights, json.dumps(cfg.params, sort_keys=True))
+    manager = reward_manager(cfg)
     columns = rollout.columns()
     columns.setdefault("completion_ids", [list(r) for r in rollout.responses])  # TRL's column
     totals, components, metrics = manager.score(list(rollout.texts), columns)

@@ -19,6 +19,7 @@ import torch
 
 from duotune.errors import DuotuneError
 from duotune.rollout import CollatedBatch, Rollout, SamplingParams, build_groups, collate
+from duotune.trainers import guard
 from duotune.trainers.compute import TeacherScores, backward_full_batch, batch_logprobs, teacher_scores
 from duotune.trainers.methods import LossInputs, Method, Needs
 from duotune.trainers.optim import prompt_indices
@@ -221,28 +222,39 @@ def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
     """Optimizer step, or a skipped update (warning) when the loss or the gradient norm is not finite."""
     if not torch.isfinite(loss):
         return _skip(st, f"non-finite loss ({loss.item()})")
+    if (why := guard.loss_problem(float(loss), st.cfg.run.max_loss)) is not None:
+        return _skip(st, why)
+    params = [p for p in st.parallel.model.parameters() if p.requires_grad]
     norm = st.parallel.clip_grad_norm(st.cfg.optim.grad_clip)  # on the rank-averaged gradients
     if not torch.isfinite(norm):  # a finite loss can still overflow in backward: same treatment
         return _skip(st, f"non-finite gradient norm ({float(norm)})")
-    st.bad_in_row = 0
+    # The rollback guard copies whole tensors: single-process and DDP runs (sharded ranks hold pieces).
+    guarded = not st.parallel.sharded
+    snap = guard.before_update(params, st.optimizer, st.scheduler, st.cfg.run.rollback) if guarded else None
     st.optimizer.step()
     st.scheduler.step()
+    if snap is not None and (why := guard.after_update(snap, params, st.optimizer, st.scheduler, st.cfg.run,
+                                                         st.accelerator)):
+        return _skip(st, why, rolled_back=True)
+    st.bad_in_row = 0
     st.opt_steps += 1
     return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss)}
 
 
-def _skip(st: StageState, what: str) -> dict[str, float]:
-    """Drop this update (weights, optimizer and schedule untouched); stop after max_bad_steps in a row."""
+def _skip(st: StageState, what: str, rolled_back: bool = False) -> dict[str, float]:
+    """Drop this update (weights, optimizer and schedule untouched or restored); stop after
+    max_bad_steps in a row."""
     st.bad_in_row += 1
     st.optimizer.zero_grad(set_to_none=True)
-    warnings.warn(f"{what} at optimizer step {st.opt_steps}; update skipped ({st.bad_in_row} in a row)",
+    done = "rolled back" if rolled_back else "skipped"
+    warnings.warn(f"{what} at optimizer step {st.opt_steps}; update {done} ({st.bad_in_row} in a row)",
                   RuntimeWarning, stacklevel=3)
     if st.bad_in_row >= st.cfg.run.max_bad_steps:
         raise DuotuneError(
-            f"{st.bad_in_row} non-finite losses or gradients in a row (run.max_bad_steps="
-            f"{st.cfg.run.max_bad_steps}); stopping. Lower optim.lr, enable optim.grad_clip, or check "
-            "the rewards and data for NaN/inf values")
-    return {"train/skipped": 1.0, "loss/total": float("nan")}
+            f"{st.bad_in_row} non-finite or exploding updates in a row (run.max_bad_steps="
+            f"{st.cfg.run.max_bad_steps}; last: {what}); stopping. Lower optim.lr, enable optim.grad_clip, "
+            "or check the rewards and data for NaN/inf values")
+    return {"train/skipped": 1.0, "train/rolled_back": float(rolled_back), "loss/total": float("nan")}
 
 
 def _length_metrics(batch: Any) -> dict[str, float]:
