@@ -1,7 +1,8 @@
 """duotune.algos: the algorithm core as pure functions on tensors, registered by name.
 
 Advantages, policy losses (PPO clip, LUFFY mixed-policy, SRFT, SFT NLL), demo-token weights,
-mixing schedules, aggregation, KL estimators and controllers, entropy. No models, no I/O, no
+mixing schedules, aggregation, KL estimators and controllers, entropy,
+rollout (sampler/trainer mismatch) correction. No models, no I/O, no
 config objects: explicit tensors and scalars in, (value, metrics) out. Imports torch, duotune.errors
 and duotune.registry only.
 """
@@ -21,13 +22,21 @@ from duotune.algos.kl import (
                                       kl_estimate,
 )
 from duotune.algos.losses import POLICY_LOSSES, mixed_policy_loss, policy_loss, ppo_clip_loss, sft_nll
+from duotune.algos.rollout_correction import (
+    ROLLOUT_CORRECTIONS,
+    logp_mismatch,
+    no_correction,
+    rollout_correction,
+    truncated_is,
+)
 from duotune.algos.schedules import MIX_SCHEDULES, mix_schedule
 from duotune.algos.srft import srft_loss
 
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "DEMO_WEIGHTS", "KL_CONTROLLERS", "KL_ESTIMATORS", "MIX_SCHEDULES",
-    "POLICY_LOSSES", "AdaptiveKL", "FixedKL", "GrpoDKL", "advantage", "aggregate",
+    "POLICY_LOSSES", "ROLLOUT_CORRECTIONS", "AdaptiveKL", "FixedKL", "GrpoDKL", "advantage", "aggregate",
     "build_kl_controller", "demo_objective", "demo_weight", "entropy_from_logits", "frac_zero_std",
-    "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "luffy_shaping",
-    "mix_schedule", "mixed_policy_loss", "policy_loss", "ppo_clip_loss", "sft_nll", "srft_loss",
+    "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "logp_mismatch", "luffy_shaping",
+    "mix_schedule", "mixed_policy_loss", "no_correction", "policy_loss", "ppo_clip_loss", "rollout_correction",
+    "sft_nll", "srft_loss", "truncated_is",
 ]
