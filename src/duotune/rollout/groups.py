@@ -32,9 +32,12 @@ class Rollout:
     is_demo: list[bool] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     source: list[int] = field(default_factory=list)  # index into examples/prompts per row
+    logprobs: list[list[float] | None] = field(default_factory=list)  # engine log-probs (None: demo, HF)
 
-    def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool) -> None:
+    def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool,
+            logprobs: list[float] | None = None) -> None:
         self.source.append(src)
+        self.logprobs.append(logprobs)
         self.group_ids.append(group)
         self.responses.append(ids)
         self.texts.append(text)
@@ -80,7 +83,8 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
         if group_size == 0:
             break
         for comp in samples[b]:
-            out.add(b, b, list(comp.token_ids), comp.text, False, comp.finish_reason == "length")
+            out.add(b, b, list(comp.token_ids), comp.text, False, comp.finish_reason == "length",
+                    comp.logprobs)
         if demo_in_group:
             ids, cut = _demo_ids(encoder, ex, max_completion_length)
             out.add(b, b, ids, encoder.tokenizer.decode(ids, skip_special_tokens=True), True, cut)
@@ -95,7 +99,9 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
 class CollatedBatch:
     """Tensors for N rows. Full sequences are [N, L] (prompt + response, right padded); response-
     aligned tensors are [N, T], T = longest response, with `resp_pos[i, t]` the position of response
-    token t of row i in the full sequence (so `logp_full.gather(1, resp_pos)` aligns it)."""
+    token t of row i in the full sequence (so `logp_full.gather(1, resp_pos)` aligns it).
+    `rollout_logp` [N, T]: the sampling engine's log-probs of the sampled tokens (vLLM), 0 on demo
+    rows and padding; None when the engine reports none (HF sampler, SFT)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -109,6 +115,7 @@ class CollatedBatch:
     images: list[list[Any]]
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, L] processor ids
     prompt_index: torch.Tensor | None = None  # [N] which prompt each row continues (equal = same prompt)
+    rollout_logp: torch.Tensor | None = None  # [N, T] engine log-probs of the sampled tokens
 
     @property
     def num_rows(self) -> int:
@@ -126,7 +133,8 @@ class CollatedBatch:
             self.response_mask[rows], self.demo_mask[rows], self.is_demo[rows], self.group_ids[rows],
             self.truncated[rows], [self.images[int(r)] for r in rows],
             {k: v[rows, :length] for k, v in self.token_fields.items()},
-            None if self.prompt_index is None else self.prompt_index[rows])
+            None if self.prompt_index is None else self.prompt_index[rows],
+            None if self.rollout_logp is None else self.rollout_logp[rows])
 
 
 def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
@@ -154,4 +162,17 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
         is_demo, torch.tensor(rollout.group_ids, dtype=torch.long),
         torch.tensor(rollout.truncated, dtype=torch.bool),
         [rollout.prompts[s].images for s in rollout.source], fields,
-        torch.tensor(rollout.source, dtype=torch.long))
+        torch.tensor(rollout.source, dtype=torch.long), _rollout_logp(rollout, t_max))
+
+
+def _rollout_logp(rollout: Rollout, t_max: int) -> torch.Tensor | None:
+    """[N, T] engine log-probs, response-aligned (0 where a row has none), or None if no row has any."""
+    if all(lp is None for lp in rollout.logprobs):
+        return None
+    out = torch.zeros(len(rollout.responses), t_max)
+    for i, (lp, ids) in enumerate(zip(rollout.logprobs, rollout.responses)):
+        if lp is not None:
+            if len(lp) != len(ids):
+                raise ValueError(f"row {i}: {len(lp)} engine log-probs for {len(ids)} sampled tokens")
+            out[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return out

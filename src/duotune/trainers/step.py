@@ -163,5 +163,7 @@ def _to(batch: Any, device: torch.device) -> Any:
         setattr(batch, name, getattr(batch, name).to(device))
     if batch.prompt_index is not None:
         batch.prompt_index = batch.prompt_index.to(device)
+    if batch.rollout_logp is not None:
+        batch.rollout_logp = batch.rollout_logp.to(device)
     batch.token_fields = {k: v.to(device) for k, v in batch.token_fields.items()}
     return batch
