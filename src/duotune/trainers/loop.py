@@ -21,7 +21,7 @@ from duotune.data import load_examples
 from duotune.errors import DuotuneError
 from duotune.models import load_model, save_model
 from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
-from duotune.rollout import HFSampler, PromptEncoder
+from duotune.rollout import PromptEncoder, build_sampler, close_sampler
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers.config import TrainConfig, stage_configs
 from duotune.trainers.metrics import MetricsLogger, plot_curves
@@ -144,7 +144,7 @@ def _reference(cfg: TrainConfig, k: int, bundle: Any, run_dir: Path, resumed: bo
 
 def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: Any, run_dir: Path,
                logger: MetricsLogger, state: dict[str, Any] | None, result: RunResult) -> RunResult:
-    from duotune.trainers.methods import build_kl
+    from duotune.trainers.methods import METHODS, build_kl
 
     examples = load_examples(cfg.data.train, format=cfg.data.format, limit=cfg.data.limit,
                              prompt_style=cfg.data.prompt_style, system_prompt=cfg.data.system_prompt)
@@ -155,9 +155,11 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
               if cfg.lora.enabled else None)
     optimizer, scheduler = build_optimizer(bundle.model, cfg.optim, total_opt, groups)
     kl = build_kl(cfg, total_opt)
-    st = StageState(cfg=cfg, bundle=bundle, encoder=PromptEncoder(bundle),
-                    sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,
-                                      suppress_tokens=bundle.vision_token_ids or None),
+    sampler, engine_line = (build_sampler(bundle, cfg.rollout, seed=cfg.run.seed)
+                            if METHODS.get(cfg.method).demo_entry.on_policy
+                            else (None, f"rollout engine: none ({cfg.method} samples nothing)"))
+    logger.write(engine_line)
+    st = StageState(cfg=cfg, bundle=bundle, encoder=PromptEncoder(bundle), sampler=sampler,
                     reference=_reference(cfg, k, bundle, run_dir, state is not None, accelerator),
                     optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
                     accelerator=accelerator, logger=logger)
@@ -183,6 +185,7 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
             result.checkpoint = _save(st, run_dir, result.global_step)
         if cfg.run.stop_after is not None and result.global_step >= cfg.run.stop_after:
             break
+    close_sampler(sampler)
     return result
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from duotune.errors import DuotuneError
-from duotune.rollout import SamplingParams, build_groups, collate
+from duotune.rollout import SamplingParams, build_groups, collate, sync_weights
 from duotune.trainers.compute import backward_full_batch, batch_logprobs
 from duotune.trainers.methods import METHODS, LossInputs, advantages, score_rollout
 from duotune.trainers.optim import all_reduce_grads, prompt_indices
@@ -121,11 +121,12 @@ def _update(st: StageState, loss: torch.Tensor, lmet: dict[str, float]) -> dict[
         return _skip(st, f"non-finite gradient norm ({float(norm)})")
     st.bad_in_row = 0
     st.optimizer.step()
+    synced = sync_weights(st.sampler, model)  # the engine samples the next rollout from the new weights
     st.scheduler.step()
     st.opt_steps += 1
     observed = lmet.get("kl/mean", 0.0)
     st.kl.update(observed, st.opt_steps)
-    return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss)}
+    return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss), **synced}
 
 
 def _skip(st: StageState, what: str) -> dict[str, float]:
