@@ -34,8 +34,10 @@ def engine_env(cpu_kv_cache_gib: int) -> None:
 
     V1 multiprocessing off: the engine lives in this process, so weight sync passes tensors, not
     pickles. On a CPU: the KV cache size in GiB, and no OpenMP thread binding (the trainer shares
-    the cores; vLLM's binding would also turn `torch.set_num_threads` into a no-op)."""
+    the cores; vLLM's binding would also turn `torch.set_num_threads` into a no-op). vLLM logs
+    warnings only, so the trainer's console stays readable (VLLM_LOGGING_LEVEL=INFO shows all)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gib)))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
