@@ -69,7 +69,7 @@ def _vllm_version() -> str | None:
         return None
     from duotune.rollout.vllm import engine_env
 
-    engine_env(2)
+    engine_env()
     import vllm
 
     return str(vllm.__version__)

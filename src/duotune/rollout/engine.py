@@ -45,7 +45,7 @@ def vllm_support(bundle: Any) -> tuple[bool, str]:
                        "(PyPI's torchvision is a CUDA build; on a GPU machine install the one matching torch)")
     from duotune.rollout.vllm import engine_env
 
-    engine_env(2)
+    engine_env()
     import vllm
     from vllm import ModelRegistry
 

@@ -29,18 +29,20 @@ from duotune.rollout.sampler import Completion, EncodingSampler, SamplingParams
 _SUPPRESS_BIAS = -100.0
 
 
-def engine_env(cpu_kv_cache_gib: int) -> None:
-    """Environment the in-process engine needs, set before vllm is imported (user values win).
+def engine_env(cpu_kv_cache_gib: int | None = None) -> None:
+    """Environment the in-process engine needs, set before vllm is imported (user values win,
+    except the KV cache size, which `rollout.vllm.cpu_kv_cache_gib` sets when given).
 
     V1 multiprocessing off: the engine lives in this process, so weight sync passes tensors, not
-    pickles. On a CPU: the KV cache size in GiB, and no OpenMP thread binding (the trainer shares
-    the cores; vLLM's binding would also turn `torch.set_num_threads` into a no-op). vLLM logs
-    warnings only, so the trainer's console stays readable (VLLM_LOGGING_LEVEL=INFO shows all)."""
+    pickles. On a CPU: no OpenMP thread binding (the trainer shares the cores; vLLM's binding would
+    also turn `torch.set_num_threads` into a no-op). vLLM logs warnings only, so the trainer's
+    console stays readable (VLLM_LOGGING_LEVEL=INFO shows all)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if not torch.cuda.is_available():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gib)))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if cpu_kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kv_cache_gib))
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -93,7 +95,9 @@ class VLLMSampler(EncodingSampler):
             raise ConfigError("rollout.vllm.enable_sleep_mode needs a CUDA device (it frees GPU memory "
                               "between rollouts); set it to false on a CPU")
         engine_env(cpu_kv_cache_gib)
-        from vllm import LLM
+        from vllm import LLM, envs
+
+        envs.disable_envs_cache()  # an earlier engine in this process froze vLLM's environment
 
         self.bundle = bundle
         self.encoder = PromptEncoder(bundle)
