@@ -175,7 +175,7 @@ def compare_arm(args: argparse.Namespace, rss: PeakRSS, has_vllm: bool, work: Pa
                                       "prompts_per_step": base.prompts_per_step,
                                       "group_size": base.rollout.group_size,
                                       "max_completion_length": base.rollout.max_completion_length}}
-    for engine in (["hf", "vllm"] if has_vllm else ["hf"]):
+    for engine in (e for e in args.compare_engines if has_vllm or e == "hf"):
         cfg = base.model_copy(deep=True)
         cfg.rollout.engine = engine
         cfg.run.output_dir, cfg.run.name = str(work / "compare-runs"), f"srft-{engine}"
@@ -189,7 +189,7 @@ def compare_arm(args: argparse.Namespace, rss: PeakRSS, has_vllm: bool, work: Pa
         recs = [r for r in read_metrics(res.run_dir / "metrics.jsonl") if r.get("kind") != "eval"]
         out[engine] = {"train_wall_s": wall, "steps": [_split(r) for r in recs], "load_1min": os.getloadavg()[0]}
         print(f"compare srft {engine}: {len(recs)} steps in {wall:.1f} s", flush=True)
-    if has_vllm:
+    if "hf" in out and "vllm" in out:
         out["wall_ratio_vllm_over_hf"] = out["vllm"]["train_wall_s"] / out["hf"]["train_wall_s"]
     return out
 
@@ -203,6 +203,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--kv-gib", type=int, default=2, help="vLLM CPU KV cache (GiB)")
     p.add_argument("--compare-steps", type=int, default=3)
+    p.add_argument("--compare-engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     p.add_argument("--sections", nargs="+", default=["throughput", "steps", "compare"],
                    choices=["throughput", "steps", "compare"])
     p.add_argument("--out", default="benchmarks/results/rollout_engines.json")
