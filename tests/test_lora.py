@@ -94,3 +94,25 @@ def test_lora_bad_config_names_what_is_missing():
         apply_lora(model, r=2, alpha=4, dropout=0.0, targets=["not_a_layer"], full_modules=[])
     with pytest.raises(ConfigError, match="vision_tower.*name no module"):
         apply_lora(model, r=2, alpha=4, dropout=0.0, targets=["q_proj"], full_modules=["vision_tower"])
+
+
+def test_merged_weights_equal_merge_and_unload_without_touching_the_model():
+    """The streamed merged tensors are exactly merge_and_unload's, under the plain model's names
+    (LoRA B is random here so every delta is non-zero), and the wrapped model is left as it was."""
+    from duotune.models.lora import merged_copy, merged_weights
+
+    model = apply_lora(load_model("tiny-llm").model, r=2, alpha=4, dropout=0.0, targets=["q_proj", "down_proj"],
+                       full_modules=[])
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    streamed = dict(merged_weights(model))
+    expected = merged_copy(model).state_dict()
+    assert streamed.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(streamed[name], value), name
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(streamed[q], model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -291,3 +291,29 @@ def test_reward_params_reach_the_reward(tmp_path, data_file):
         assert total.tolist() == [expect] and correct.tolist() == [bool(expect)]
     with pytest.raises(ConfigError, match=r"reward.params names \['mcq'\]"):
         _cfg(tmp_path, data_file, "grpo", "reward.names=[math]", "reward.params={mcq: {}}")
+
+
+def test_truncated_importance_sampling_reaches_the_policy_gradient():
+    """algo.rollout_correction=tis weights each rollout token by min(exp(logp_train - logp_sampler), C):
+    with the sampler 3x less likely than the trainer, every weight is capped at C = 2, so the surrogate
+    (-A rho with rho = 1) doubles; demo tokens (LUFFY) are untouched; `none` leaves the loss alone."""
+    batch, mask = _loss_batch(demo_rows=True)
+    logp = torch.log(torch.full((2, 3), 0.5))
+    batch.rollout_logp = (logp - torch.log(torch.tensor(3.0))) * torch.tensor([[1.0], [0.0]])
+    grpo = METHODS.get("grpo").settings
+    base = grpo_loss(_inputs(grpo.model_validate({}), batch, mask), logp, None).loss
+    out = grpo_loss(_inputs(grpo.model_validate({"rollout_correction": "tis"}), batch, mask), logp, None)
+    assert float(out.loss) == pytest.approx(2 * float(base)) and out.metrics["rollout/is_clip_frac"] == 1.0
+    luffy = METHODS.get("luffy").settings
+    for kind, rollout_factor in (("none", 1.0), ("tis", 2.0)):
+        s = luffy.model_validate({"aggregation": "token_mean", "entropy_coef": 0, "rollout_correction": kind})
+        tok_loss = luffy_loss(_inputs(s, batch, mask, adv=(1.0, 1.0)), logp, None).loss
+        # row 0: -A rho = -1 per token (x the weight); row 1 (demo): -A p/(p+0.1) = -0.5/0.6
+        assert float(tok_loss) == pytest.approx((-rollout_factor - 0.5 / 0.6) / 2, rel=1e-6), kind
+
+
+def test_the_sampler_trainer_mismatch_is_logged_every_step(tmp_path, data_file):
+    """rollout/logp_diff_mean and _max each step: on the HF engine the sampler's log-probs are the
+    trainer's (1e-6 measured), so a large value would mean the two disagree about the policy."""
+    recs = _records(train(_cfg(tmp_path, data_file, "grpo", "steps=2", "rollout.temperature=0.7")))
+    assert all(r["rollout/logp_diff_max"] < 1e-4 and "rollout/logp_diff_mean" in r for r in recs)

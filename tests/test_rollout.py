@@ -6,7 +6,7 @@ import torch
 from duotune.data import Example
 from duotune.errors import DataError
 from duotune.models import load_model
-from duotune.rollout import HFSampler, PromptEncoder, SamplingParams, build_groups, collate
+from duotune.rollout import Completion, HFSampler, PromptEncoder, SamplingParams, build_groups, collate
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,46 @@ def test_demo_rows_outside_groups_and_missing_demo(bundle):
     with pytest.raises(DataError, match="x9.*demo"):
         build_groups(None, enc, bad, None, group_size=0, demo_in_group=False, demo_rows=True,
                      max_completion_length=8)
+
+
+class _EngineSampler:
+    """A sampler that reports engine log-probs: completion j of prompt i is j + 1 tokens long, and
+    its token k has log-prob -(10 i + j + k / 10)."""
+
+    def generate(self, prompts, params):
+        return [[Completion(text="x", token_ids=[5] * (j + 1), finish_reason="length",
+                            logprobs=[-(10 * i + j + k / 10) for k in range(j + 1)])
+                 for j in range(params.n)] for i in range(len(prompts))]
+
+
+def test_collated_rollout_logp_is_response_aligned_with_zero_demo_rows(bundle):
+    enc = PromptEncoder(bundle)
+    r = build_groups(_EngineSampler(), enc, _examples(2), SamplingParams(seed=0), group_size=3,
+                     demo_in_group=True, demo_rows=False, max_completion_length=4)
+    b = collate(r, enc)
+    assert b.rollout_logp.shape == b.response_mask.shape
+    # rows: prompt 0 -> samples 0, 1, demo; prompt 1 -> samples 0, 1, demo
+    expect = {0: (0, 0), 1: (0, 1), 3: (1, 0), 4: (1, 1)}
+    for row, (i, j) in expect.items():
+        n = j + 1
+        torch.testing.assert_close(b.rollout_logp[row, :n], torch.tensor([-(10 * i + j + k / 10) for k in range(n)]))
+        assert b.rollout_logp[row, n:].abs().sum() == 0  # padding
+    assert b.rollout_logp[b.is_demo].abs().sum() == 0  # demos were not sampled by the engine
+    sub = b.select(torch.tensor([4, 0]))
+    torch.testing.assert_close(sub.rollout_logp, b.rollout_logp[[4, 0]])
+
+
+def test_hf_rollouts_carry_the_sampled_tokens_logprobs(bundle):
+    """HFSampler records log softmax(logits / T) of each sampled token; collate aligns them with the
+    responses: they equal the trainer's recompute at T (max |diff| 1e-6 measured), 0 on demo rows."""
+    from duotune.trainers.compute import batch_logprobs
+
+    enc = PromptEncoder(bundle)
+    r = build_groups(HFSampler(bundle), enc, _examples(2), SamplingParams(seed=0, temperature=0.7), group_size=3,
+                     demo_in_group=True, demo_rows=False, max_completion_length=5)
+    b = collate(r, enc)
+    lp, _ = batch_logprobs(bundle.model, enc, b, 10**6, with_entropy=False, temperature=0.7)
+    own = b.response_mask.bool() & ~b.is_demo[:, None]
+    assert own.any() and float((lp - b.rollout_logp)[own].abs().max()) < 1e-4
+    assert float(b.rollout_logp[b.is_demo].abs().sum()) == 0.0
+    assert torch.equal(b.select(torch.tensor([1])).rollout_logp, b.rollout_logp[1:2])

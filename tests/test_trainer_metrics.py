@@ -101,3 +101,27 @@ def test_non_finite_loss_or_gradient_skips_the_update_then_stops_the_run():
         _optimizer_step(st2, torch.tensor(float("inf")))
     with pytest.warns(RuntimeWarning), pytest.raises(DuotuneError, match="2 non-finite .* in a row"):
         _optimizer_step(st2, torch.tensor(float("nan")))
+
+
+class _RecordingSampler:
+    """Records the weights it was handed at each sync (what a vLLM engine would load)."""
+
+    def __init__(self):
+        self.synced = []
+
+    def sync_weights(self, model):
+        self.synced.append(model.weight.detach().clone())
+
+
+def test_weights_are_synced_into_the_sampler_after_each_optimizer_step_only():
+    st = _state()
+    st.sampler = _RecordingSampler()
+    w0 = st.bundle.model.weight.detach().clone()
+    st.bundle.model.weight.grad, st.bundle.model.bias.grad = torch.ones_like(w0), torch.zeros(1)
+    rec = _optimizer_step(st, torch.tensor(1.0))
+    # the engine got the post-step weights (SGD lr 0.5 on a unit gradient), and the time is logged
+    assert len(st.sampler.synced) == 1 and torch.allclose(st.sampler.synced[0], w0 - 0.5)
+    assert "time/weight_sync_s" in rec
+    with pytest.warns(RuntimeWarning):  # a skipped update changes no weight: nothing to push
+        rec = _optimizer_step(st, torch.tensor(float("nan")))
+    assert len(st.sampler.synced) == 1 and "time/weight_sync_s" not in rec

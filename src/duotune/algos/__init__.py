@@ -2,8 +2,8 @@
 
 Advantages, policy losses (PPO clip, LUFFY mixed-policy, SRFT, RL-PLUS, SFT NLL), demo-token
 weights, mixing schedules, per-question gates (HPT), aggregation, KL estimators and controllers,
-entropy. No models, no I/O, no config objects: explicit tensors and scalars in, (value, metrics)
-out. Imports torch, duotune.errors and duotune.registry only.
+entropy, rollout (sampler/trainer mismatch) correction. No models, no I/O, no config objects: explicit
+tensors and scalars in, (value, metrics) out. Imports torch, duotune.errors and duotune.registry only.
 """
 
 from duotune.algos.advantages import ADVANTAGES, advantage, frac_zero_std, group_advantages, grouped_advantages
@@ -25,16 +25,23 @@ from duotune.algos.kl import (
 from duotune.algos.losses import POLICY_LOSSES, mixed_policy_loss, policy_loss, ppo_clip_loss, sft_nll
 from duotune.algos.prefix import cosine_decay, prefix_sft_loss, top_fraction_mask, uft_hint_segments
 from duotune.algos.rl_plus import exploration_advantage, mis_ratio, rl_plus_loss
+from duotune.algos.rollout_correction import (
+    ROLLOUT_CORRECTIONS,
+    logp_mismatch,
+    no_correction,
+    rollout_correction,
+    truncated_is,
+)
 from duotune.algos.schedules import MIX_SCHEDULES, mix_schedule
 from duotune.algos.srft import srft_loss
 
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "DEMO_WEIGHTS", "KL_CONTROLLERS", "KL_ESTIMATORS", "MIX_SCHEDULES",
-    "POLICY_LOSSES", "AdaptiveKL", "FixedKL", "GrpoDKL", "advantage", "aggregate",
+    "POLICY_LOSSES", "ROLLOUT_CORRECTIONS", "AdaptiveKL", "FixedKL", "GrpoDKL", "advantage", "aggregate",
     "build_kl_controller", "demo_objective", "demo_weight", "entropy_from_logits", "frac_zero_std",
-    "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "luffy_shaping",
-    "mix_schedule", "mixed_policy_loss", "policy_loss", "ppo_clip_loss", "sft_nll", "srft_loss",
-    "GATES", "exploration_advantage", "gate", "mis_ratio", "rl_plus_loss",
-    "cosine_decay", "prefix_sft_loss", "top_fraction_mask", "uft_hint_segments",
-    "DIVERGENCES", "divergence", "forward_kl_topk", "jsd_topk", "reverse_kl_pg",
+    "group_advantages", "grouped_advantages", "grpo_d_beta", "kl_estimate", "luffy_shaping", "mix_schedule",
+    "mixed_policy_loss", "policy_loss", "ppo_clip_loss", "sft_nll", "srft_loss", "GATES",
+    "exploration_advantage", "gate", "mis_ratio", "rl_plus_loss", "cosine_decay", "prefix_sft_loss",
+    "top_fraction_mask", "uft_hint_segments", "DIVERGENCES", "divergence", "forward_kl_topk", "jsd_topk",
+    "reverse_kl_pg", "logp_mismatch", "no_correction", "rollout_correction", "truncated_is",
 ]

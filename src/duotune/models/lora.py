@@ -4,15 +4,15 @@ trained in full beside it, each group at its own learning rate.
 `apply_lora(model, ...)` wraps the model in a `PeftModel` whose trainable parameters are the LoRA
 matrices plus every parameter under `full_modules`; `merged_copy(model)` is the plain transformers
 model with the adapters folded in (what `save_model` writes, so any checkpoint loads with
-`load_model`); `trainable_state` / `load_trainable_state` carry exactly the trained tensors, so a
-resumed run rebuilds the same parametrisation instead of restarting the adapters from zero.
+`load_model`), `merged_weights(model)` the same tensors streamed without a copy (vLLM weight
+sync); `trainable_state` / `load_trainable_state` carry exactly the trained tensors, so a resumed run rebuilds the same parametrisation instead of restarting the adapters from zero.
 Imports torch and peft (lazily); never trainers or rollout.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +104,29 @@ def load_trainable_state(model: Any, path: str | Path) -> None:
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
+
+
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of `model` with its adapters folded in, named as the plain transformers
+    model (what `merged_copy(model).state_dict()` holds), computed one layer at a time without
+    copying or modifying the model: W + scale * B @ A for each adapted layer (peft's
+    `get_delta_weight`, the term `merge_and_unload` adds), every other tensor as it is. What an
+    inference engine (vLLM) loads after each optimizer step of a LoRA run."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    adapted = {name: mod for name, mod in base.named_modules() if isinstance(mod, LoraLayer)}
+    with torch.no_grad():
+        for name, tensor in base.state_dict().items():
+            if ".lora_" in name:
+                continue
+            module, _, leaf = name.rpartition(".base_layer.")
+            if not module:
+                yield name, tensor.detach()
+                continue
+            layer = adapted[module]
+            if leaf == "weight":
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A and adapter not in layer.merged_adapters:
+                        tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+            yield f"{module}.{leaf}", tensor.detach()

@@ -1,6 +1,6 @@
 """Tiny random-initialised test models, built offline from configs with fixed seeds.
 
-Text: `tiny-llm` (Llama), `tiny-qwen2` (Qwen2). Vision: `tiny-qwen2-vl`, `tiny-qwen2.5-vl`, `tiny-llava`.
+Text: `tiny-llm` (Llama), `tiny-qwen2` (Qwen2), `tiny-qwen2-h32` (32-wide heads, for vLLM on CPU). Vision: `tiny-qwen2-vl`, `tiny-qwen2.5-vl`, `tiny-llava`.
 All share a byte-level tokenizer (256 bytes + ChatML/vision specials, ~264 ids): no file or hub is
 read, any text round-trips, and a small vocabulary lets a random model hit target tokens often
 enough for seeded learning tests. Imports torch/transformers and `duotune.models.bundle` only.
@@ -85,9 +85,9 @@ def _seeded(cls: Any, config: Any, dtype: torch.dtype) -> Any:
     return model.to(dtype).eval()
 
 
-def _text_bundle(name: str, cfg_cls: Any, model_cls: Any, dtype: torch.dtype) -> ModelBundle:
+def _text_bundle(name: str, cfg_cls: Any, model_cls: Any, dtype: torch.dtype, **over: Any) -> ModelBundle:
     tok = byte_tokenizer()
-    model = _seeded(model_cls, cfg_cls(**_TEXT, **_ids(tok)), dtype)
+    model = _seeded(model_cls, cfg_cls(**{**_TEXT, **over}, **_ids(tok)), dtype)
     return ModelBundle(model=model, tokenizer=tok, processor=None, is_vlm=False, name=name)
 
 
@@ -101,6 +101,13 @@ def tiny_llm(dtype: torch.dtype) -> ModelBundle:
 def tiny_qwen2(dtype: torch.dtype) -> ModelBundle:
     """Tiny random Qwen2 (2 layers, width 64, byte tokenizer) for fast tests."""
     return _text_bundle("tiny-qwen2", Qwen2Config, Qwen2ForCausalLM, dtype)
+
+
+@MODELS.register("tiny-qwen2-h32")
+def tiny_qwen2_h32(dtype: torch.dtype) -> ModelBundle:
+    """Tiny random Qwen2 with 2 heads of 32 (1 kv head): the narrowest heads vLLM's CPU kernels serve."""
+    return _text_bundle("tiny-qwen2-h32", Qwen2Config, Qwen2ForCausalLM, dtype,
+                        num_attention_heads=2, num_key_value_heads=1)
 
 
 class Qwen2VLImageProcessor(Qwen2VLProcessor):

@@ -155,7 +155,9 @@ def build_groups(sampler: Sampler | None, encoder: PromptEncoder, examples: Sequ
 class CollatedBatch:
     """Tensors for N rows. Full sequences are [N, L] (prompt + response, right padded); response-
     aligned tensors are [N, T], T = longest response, with `resp_pos[i, t]` the position of response
-    token t of row i in the full sequence (so `logp_full.gather(1, resp_pos)` aligns it)."""
+    token t of row i in the full sequence (so `logp_full.gather(1, resp_pos)` aligns it).
+    `rollout_logp` [N, T]: the sampling engine's log-probs of the sampled tokens (vLLM), 0 on demo
+    rows and padding; None when the engine reports none (HF sampler, SFT)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -227,12 +229,6 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
     fields = {key: pad([rollout.prompts[s].token_fields[key] + [0] * len(r)
                         for s, r in zip(rollout.source, rollout.responses)], 0, "right")[0]
               for key in rollout.prompts[0].token_fields}
-    rollout_logp = None
-    if any(lp is not None for lp in rollout.logprobs):
-        rollout_logp = torch.zeros((n, t_max), dtype=torch.float32)
-        for i, lp in enumerate(rollout.logprobs):
-            if lp is not None:
-                rollout_logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
     # Off-policy tokens: whole demo rows, and the demo prefix of expert-prefix rows.
     prefix = t[None, :] < torch.tensor(rollout.prefix_lens)[:, None]
     demo_mask = response_mask * (is_demo[:, None] | prefix).float()
@@ -241,4 +237,17 @@ def collate(rollout: Rollout, encoder: PromptEncoder) -> CollatedBatch:
         is_demo, torch.tensor(rollout.group_ids, dtype=torch.long),
         torch.tensor(rollout.truncated, dtype=torch.bool),
         [rollout.prompts[s].images for s in rollout.source], fields,
-        torch.tensor(rollout.source, dtype=torch.long), rollout_logp=rollout_logp)
+        torch.tensor(rollout.source, dtype=torch.long), rollout_logp=_rollout_logp(rollout, t_max))
+
+
+def _rollout_logp(rollout: Rollout, t_max: int) -> torch.Tensor | None:
+    """[N, T] sampler log-probs, response-aligned (0 where a row has none), or None if no row has any."""
+    if all(lp is None for lp in rollout.logprobs):
+        return None
+    out = torch.zeros(len(rollout.responses), t_max)
+    for i, (lp, ids) in enumerate(zip(rollout.logprobs, rollout.responses)):
+        if lp is not None:
+            if len(lp) != len(ids):
+                raise ValueError(f"row {i}: {len(lp)} sampler log-probs for {len(ids)} sampled tokens")
+            out[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return out

@@ -1,4 +1,4 @@
-"""Samplers: turn encoded prompts into n completions each (HF `generate`; the interface a vLLM backend implements).
+"""Samplers: turn encoded prompts into n completions each (HF `generate` here; vLLM in `rollout.vllm`).
 
 Prompt rendering (chat template through the tokenizer or the VLM processor) lives in `rollout.prompts`;
 samplers take the `EncodedPrompt`s the trainer collates, so a prompt is encoded once per step and
@@ -70,6 +70,11 @@ class Sampler(Protocol):
         """`generate` on the examples' encoded prompts."""
         ...
 
+    def sync_weights(self, model: Any) -> None:
+        """Make the next `generate` sample from `model`'s current weights (called after every
+        optimizer step; an engine with its own copy of the weights reloads them)."""
+        ...
+
 
 class EncodingSampler:
     """Mixin giving a sampler with an `encoder` the `sample(examples, params)` entry point."""
@@ -92,6 +97,8 @@ class HFSampler(EncodingSampler):
     VLMs always prefill per row (their image features are merged inside the prefill).
     """
 
+    engine = "hf"
+
     def __init__(self, bundle: Any, batch_size: int = 32, suppress_tokens: Sequence[int] | None = None,
                  share_prefill: bool = True):
         if batch_size < 1:
@@ -101,6 +108,9 @@ class HFSampler(EncodingSampler):
         self.suppress_tokens = list(suppress_tokens) if suppress_tokens else None
         self.share_prefill = share_prefill
         self.encoder = PromptEncoder(bundle)
+
+    def sync_weights(self, model: Any) -> None:
+        """Nothing to do: `generate` runs the policy module itself (LoRA adapters included)."""
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[EncodedPrompt], params: SamplingParams) -> list[list[Completion]]:

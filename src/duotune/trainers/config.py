@@ -28,6 +28,22 @@ class DataCfg(Cfg):
     shuffle: bool = Field(True, description="shuffle the rows each epoch (seeded by run.seed)")
 
 
+class VLLMCfg(Cfg):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of GPU memory the colocated "
+                                          "vLLM engine may take (weights + KV cache); the trainer needs the rest")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is split over (TRL colocate: "
+                                      "each training rank holds one slice)")
+    enable_sleep_mode: bool = Field(False, description="CUDA: free the engine's weights and KV cache while "
+                                    "the trainer runs, re-push the weights before each rollout")
+    max_model_len: int | None = Field(None, ge=1, description="longest prompt + completion the engine "
+                                      "serves (None = the model's maximum)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="engine weights' dtype (auto = the policy's: fp32 on CPU, bf16 on GPU)")
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool | None = Field(None, description="no graph compilation (None = eager on CPU, where "
+                                       "it starts in seconds at the same speed; CUDA graphs on GPU)")
+
+
 class RolloutCfg(Cfg):
     group_size: int = Field(8, ge=1, description="G: sequences per prompt (incl. the demo for luffy/srft)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of training rollouts")
@@ -42,6 +58,10 @@ class RolloutCfg(Cfg):
                                   "at most, then the batch is filled with equal-reward groups (verl: "
                                   "max_num_gen_batches - 1)")
     batch_size: int = Field(64, ge=1, description="sequences per `generate` call")
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="sampler: vllm (colocated engine, weights synced after each optimizer step), "
+        "hf (transformers generate), auto = vllm when it is installed and serves the model, else hf")
+    vllm: VLLMCfg = Field(default_factory=VLLMCfg, description="vLLM engine settings (rollout.engine vllm/auto)")
 
 
 class RewardCfg(Cfg):

@@ -21,7 +21,7 @@ from duotune.data import load_examples
 from duotune.errors import ConfigError, DuotuneError
 from duotune.models import load_model, save_model
 from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
-from duotune.rollout import HFSampler, PromptEncoder
+from duotune.rollout import PromptEncoder, build_sampler, close_sampler
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers import run_folder
 from duotune.trainers.config import TrainConfig, stage_configs
@@ -225,11 +225,13 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
     # the reference and the sampler use the unwrapped model (`bundle.model` stays that object).
     par, optimizer = prepare(accelerator, bundle.model, optimizer, grad_clip=cfg.optim.grad_clip,
                              find_unused=bundle.is_vlm)
+    sampler, engine_line = (build_sampler(bundle, cfg.rollout, seed=cfg.run.seed, sharded=par.sharded)
+                            if needs.rollouts else (None, f"rollout engine: none ({cfg.method} samples nothing)"))
+    logger.write(engine_line)
     st = StageState(cfg=cfg, method=method, needs=needs, bundle=bundle, encoder=PromptEncoder(bundle),
-                    sampler=HFSampler(bundle, batch_size=cfg.rollout.batch_size,
-                                      suppress_tokens=bundle.vision_token_ids or None),
-                    reference=reference, optimizer=optimizer, scheduler=scheduler, kl=kl, examples=examples,
-                    accelerator=accelerator, logger=logger, total_updates=total_opt, parallel=par,
+                    sampler=sampler, reference=reference, optimizer=optimizer, scheduler=scheduler, kl=kl,
+                    examples=examples, accelerator=accelerator, logger=logger, total_updates=total_opt,
+                    parallel=par,
                     teacher=load_teacher(cfg.algo.teacher_spec(), bundle, cfg.model, resolve_dtype(
                         cfg.compute.dtype, accelerator.device), accelerator.device) if needs.teacher else None)
     st.post_update = cfg.algo.post_update_hook(st)
@@ -269,6 +271,7 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         if cfg.run.stop_after is not None and result.global_step >= cfg.run.stop_after:
             break
     result.updates += st.opt_steps - opt_start
+    close_sampler(sampler)
     return result
 
 

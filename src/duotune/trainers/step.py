@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+from duotune import algos
 from duotune.errors import DuotuneError
-from duotune.rollout import CollatedBatch, Rollout, SamplingParams, build_groups, collate
+from duotune.rollout import CollatedBatch, Rollout, SamplingParams, build_groups, collate, sync_weights
 from duotune.trainers import guard
 from duotune.trainers.compute import TeacherScores, backward_full_batch, batch_logprobs, teacher_scores
 from duotune.trainers.methods import LossInputs, Method, Needs
@@ -52,11 +53,13 @@ class StageState:
     teacher: Any = None     # the frozen teacher model when the method distils (needs.teacher)
     post_update: Any = None  # the method's PostUpdate hook (`MethodSettings.post_update_hook`), or None
     parallel: Any = None     # trainers.distributed.Parallel: the prepared policy (forwards, backward, clip)
+    step_start: int = 0      # opt_steps when the current step began (no update of it applied yet)
 
 
 def train_step(st: StageState, step: int) -> dict[str, Any]:
     """Sample, score and update; the returned record holds every metric of this step."""
     cfg, settings, needs, par = st.cfg, st.cfg.algo, st.needs, st.parallel
+    st.step_start = st.opt_steps
     model = par.model  # forwards go through the DDP/FSDP/DeepSpeed wrapper
     t0 = time.perf_counter()
     scored, record = _sample(st, step)
@@ -210,12 +213,25 @@ def _update(st: StageState, rows: CollatedBatch, old_logp: torch.Tensor | None, 
     st.optimizer.zero_grad(set_to_none=True)
     entropy_grad = st.method.entropy_grad or bool(getattr(settings, "entropy_coef", 0.0))
     par = st.parallel
-    loss, lmet, _, _ = backward_full_batch(par.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
-                                           with_entropy=True, entropy_grad=entropy_grad,
-                                           share_prompts=cfg.compute.share_prompts and not par.sharded,
-                                           temperature=st.needs.temperature, parallel=par,
-                                           extra_ids=None if teacher is None else teacher.topk_ids)
-    return {**lmet, **_optimizer_step(st, loss)}, outs[-1].kl
+    loss, lmet, logp, _ = backward_full_batch(par.model, st.encoder, rows, loss_fn, cfg.compute.token_budget,
+                                              with_entropy=True, entropy_grad=entropy_grad,
+                                              share_prompts=cfg.compute.share_prompts and not par.sharded,
+                                              temperature=st.needs.temperature, parallel=par,
+                                              extra_ids=None if teacher is None else teacher.topk_ids)
+    # The sampler/trainer mismatch, where the trainer's log-probs of the sampling policy are at hand.
+    sampling = old_logp if old_logp is not None else (logp if st.opt_steps == st.step_start else None)
+    mismatch = _mismatch(rows, sampling) if sampling is not None else {}
+    return {**lmet, **mismatch, **_optimizer_step(st, loss)}, outs[-1].kl
+
+
+def _mismatch(rows: CollatedBatch, train_logp: torch.Tensor) -> dict[str, float]:
+    """`rollout/logp_diff_mean` / `_max`: the sampler's log-probs of its sampled tokens against the
+    trainer's of the sampling policy, over the rows' own sampled tokens (not demo or prefix tokens)."""
+    if rows.rollout_logp is None:
+        return {}
+    lp = train_logp[..., 0] if train_logp.dim() == 3 else train_logp  # distillation: column 0 = sampled
+    own = rows.response_mask * (1 - rows.demo_mask)
+    return {f"rollout/{k}": v for k, v in algos.logp_mismatch(lp, rows.rollout_logp, own).items()}
 
 
 def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
@@ -236,9 +252,11 @@ def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
     if snap is not None and (why := guard.after_update(snap, params, st.optimizer, st.scheduler, st.cfg.run,
                                                          st.accelerator)):
         return _skip(st, why, rolled_back=True)
+    # The engine samples the next rollout from the kept weights (the unwrapped module's).
+    synced = sync_weights(st.sampler, st.bundle.model)
     st.bad_in_row = 0
     st.opt_steps += 1
-    return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss)}
+    return {"train/grad_norm": float(norm), "train/skipped": 0.0, "loss/total": float(loss), **synced}
 
 
 def _skip(st: StageState, what: str, rolled_back: bool = False) -> dict[str, float]:

@@ -63,6 +63,10 @@ class MethodSettings(Cfg):
         """Disjoint updates per pass over a rollout batch (`ppo_mini_batches`)."""
         return 1
 
+    def correction(self) -> tuple[str, float]:
+        """(sampler/trainer mismatch correction, its cap) of the policy-gradient term (`none`: off)."""
+        return "none", 2.0
+
     def group_stats(self) -> tuple[str, float, bool] | None:
         """(advantage estimator, eps, demos in the group statistics) for methods with groups."""
         return None
@@ -261,6 +265,8 @@ def policy_gradient(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | Non
     adv = inp.advantages[:, None].expand_as(logp)
     tok, metrics = algos.ppo_clip_loss(logp, old, adv, mask, **s.clip_kwargs())
     out = {f"pg/{k}": float(v) for k, v in metrics.items()}
+    tok, corrected = rollout_corrected(inp, tok, old, mask)
+    out.update(corrected)
     observed = None
     kl_cfg = s.kl_term()
     if inp.ref_logp is not None and kl_cfg is not None:
@@ -276,6 +282,18 @@ def policy_gradient(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | Non
         if s.entropy_coef:
             loss = loss - s.entropy_coef * h
     return LossOut(loss, out, observed)
+
+
+def rollout_corrected(inp: LossInputs, tok: torch.Tensor, old: torch.Tensor, mask: torch.Tensor,
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """`tok` times the settings' truncated importance weights min(exp(old - rollout_logp), C) on the
+    sampled tokens of `mask` (`algos.rollout_correction`; old = the trainer's log-probs of the sampling
+    policy), with their metrics; unchanged when the correction is off or the sampler gave no log-probs."""
+    kind, cap = inp.settings.correction()
+    if kind == "none" or inp.batch.rollout_logp is None:
+        return tok, {}
+    weights, m = algos.rollout_correction(kind, old, inp.batch.rollout_logp, mask, cap=cap)
+    return tok * weights, {f"rollout/{k}": v for k, v in m.items() if k.startswith("is_")}
 
 
 def demo_metrics(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> dict[str, float]:

@@ -30,13 +30,14 @@ from duotune.trainers.methods.settings import (
     GrpoDKLSettings,
     GrpoDOnly,
     KLSettings,
+    RolloutCorrectionSettings,
     adv_eps_field,
     advantage_field,
     mini_batches_field,
 )
 
 
-class GRPOSettings(MethodSettings, ClipSettings):
+class GRPOSettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
     """GRPO: group advantages, PPO clip, KL controller fixed | adaptive | grpo_d."""
 
     advantage: AdvantageName = advantage_field("grpo")

@@ -19,12 +19,14 @@ from duotune.trainers.methods.base import (
     MethodSettings,
     demo_metrics,
     masked_mean,
+    rollout_corrected,
 )
 from duotune.trainers.methods.settings import (
     AdvantageName,
     AggregationName,
     ClipSettings,
     LuffyWeight,
+    RolloutCorrectionSettings,
     adv_eps_field,
     advantage_field,
     demo_weight_type,
@@ -32,7 +34,7 @@ from duotune.trainers.methods.settings import (
 )
 
 
-class LuffySettings(MethodSettings, ClipSettings):
+class LuffySettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
     """LUFFY: defaults are the released script's (no std, no clip, sum / L_max, entropy 0.001)."""
 
     advantage: AdvantageName = advantage_field("no_std")
@@ -63,8 +65,9 @@ def luffy_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) ->
     tok, metrics = algos.mixed_policy_loss(
         logp, old, inp.advantages[:, None].expand_as(logp), inp.mask, inp.batch.demo_mask,
         demo_weight=s.demo_weight.name, clip=s.clip, **s.clip_kwargs(), **s.demo_weight.params())
+    tok, corrected = rollout_corrected(inp, tok, old, inp.mask * (1 - inp.batch.demo_mask))  # rollout tokens
     loss = algos.aggregate(tok, inp.mask, s.aggregation, l_max=inp.l_max)
-    m = {f"luffy/{k}": float(v) for k, v in metrics.items()}
+    m = {f"luffy/{k}": float(v) for k, v in metrics.items()} | corrected
     m["loss/policy"] = float(loss.detach())
     m.update(demo_metrics(inp, logp, ent))
     if ent is not None and s.entropy_coef:

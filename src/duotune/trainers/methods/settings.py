@@ -201,3 +201,17 @@ class ClipSettings(Cfg):
     def clip_kwargs(self) -> dict[str, Any]:
         return {"eps_low": self.clip_low, "eps_high": self.clip_high, "dual_clip": self.dual_clip,
                 "log_ratio_clamp": self.log_ratio_clamp}
+
+
+class RolloutCorrectionSettings(Cfg):
+    """Correction of the sampler/trainer log-prob mismatch on rollout tokens (mixed in before
+    `MethodSettings` by the methods whose policy-gradient term applies it: grpo and its family, luffy)."""
+
+    rollout_correction: RegistryName(algos.ROLLOUT_CORRECTIONS) = Field(
+        "none", description="none | tis: weight each rollout token's policy-gradient term by min(exp(logp_train "
+                            "- logp_sampler), tis_cap), detached (TRL's vllm_importance_sampling_correction, "
+                            "verl's rollout correction); the mismatch is logged either way")
+    tis_cap: float = Field(2.0, gt=0, description="cap C of the truncated importance weights (TRL, verl: 2)")
+
+    def correction(self) -> tuple[str, float]:
+        return self.rollout_correction, self.tis_cap
