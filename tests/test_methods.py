@@ -317,3 +317,10 @@ def test_the_sampler_trainer_mismatch_is_logged_every_step(tmp_path, data_file):
     trainer's (1e-6 measured), so a large value would mean the two disagree about the policy."""
     recs = _records(train(_cfg(tmp_path, data_file, "grpo", "steps=2", "rollout.temperature=0.7")))
     assert all(r["rollout/logp_diff_max"] < 1e-4 and "rollout/logp_diff_mean" in r for r in recs)
+
+
+def test_the_first_line_names_the_layout_and_the_engine(tmp_path, data_file, capsys):
+    train(_cfg(tmp_path, data_file, "grpo", "steps=1"))
+    first = capsys.readouterr().out.splitlines()[0]
+    # tiny-llm's heads are 16 wide: vLLM's CPU attention cannot serve them, so auto falls back to hf
+    assert first.startswith("duotune: world size 1 (single") and "; rollout engine: hf (" in first

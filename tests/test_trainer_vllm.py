@@ -46,7 +46,8 @@ def test_vllm_run_logs_its_engine_syncs_every_step_and_resumes_identically(tmp_p
     full = train(_cfg(tmp_path, data_file, "run.name=full"))
     # the run's first line of its own (vLLM's engine prints warnings, prefixed "(MainProcess pid=N)")
     first = next(x for x in capsys.readouterr().out.splitlines() if not re.match(r"\(\w+ pid=\d+\)", x))
-    assert first.startswith("rollout engine: vllm (vLLM") and "Qwen2ForCausalLM" in first
+    assert first.startswith("duotune: world size 1") and "; rollout engine: vllm (vLLM" in first
+    assert "Qwen2ForCausalLM" in first
     recs = _records(full.run_dir)
     assert len(recs) == 3 and all("time/weight_sync_s" in r for r in recs)
     train(_cfg(tmp_path, data_file, "run.name=cut", "run.stop_after=1"))

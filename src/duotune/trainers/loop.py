@@ -69,7 +69,6 @@ def train(cfg: TrainConfig) -> RunResult:
                            tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
                            is_main=accelerator.is_main_process, run_name=run_dir.name,
                            config=cfg.model_dump(mode="json"))
-    logger.write(f"duotune: {describe(accelerator)}")
     result = RunResult(run_dir, global_step, checkpoint=resume)
     bundle = None
     try:
@@ -227,7 +226,8 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
                              find_unused=bundle.is_vlm)
     sampler, engine_line = (build_sampler(bundle, cfg.rollout, seed=cfg.run.seed, sharded=par.sharded)
                             if needs.rollouts else (None, f"rollout engine: none ({cfg.method} samples nothing)"))
-    logger.write(engine_line)
+    # The run's first line names its layout and engine; later stages name their engine.
+    logger.write(f"duotune: {describe(accelerator)}; {engine_line}" if k == 0 or state is not None else engine_line)
     st = StageState(cfg=cfg, method=method, needs=needs, bundle=bundle, encoder=PromptEncoder(bundle),
                     sampler=sampler, reference=reference, optimizer=optimizer, scheduler=scheduler, kl=kl,
                     examples=examples, accelerator=accelerator, logger=logger, total_updates=total_opt,
