@@ -114,7 +114,7 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
     """Train `method` in chunks of eval.every steps, scoring after each chunk; resumes mid-way."""
     from duotune.models import load_model
     from duotune.trainers import train
-    from duotune.trainers.checkpoint import list_checkpoints
+    from duotune.trainers.checkpoint import list_checkpoints, prune_finished
 
     run_dir = Path(tcfg.run.output_dir) / tcfg.run.name
     curve_file = run_dir / "curve.jsonl"
@@ -141,22 +141,10 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
         _append(curve_file, curve, measure(ctx, result.bundle, seed, done, _train_wall(run_dir, done)))
         del result
     points = [base_point] + [curve[s] for s in sorted(curve)]
-    if not ctx.cfg.keep_optimizer_state:
-        prune_finished(run_dir)
+    if not ctx.cfg.keep_optimizer_state:  # train() prunes a run that reached its last step; a wall cap
+        prune_finished(run_dir)           # can stop one earlier, and it is finished for the comparison
     return {"method": method, "seed": seed, "status": STATUS_DONE, "curve": points, "budget": budget,
             "stopped_by_wall_cap": stopped_early, "run_dir": str(run_dir)}
-
-
-def prune_finished(run_dir: Path) -> None:
-    """Delete what only a resume needs from a finished run (trainer_state.pt of its checkpoints,
-    stage-<k>-init model copies); the checkpoint models, metrics and curve stay.
-    Nine methods x two seeds of a 135M model otherwise keep ~35 GB of optimizer state."""
-    import shutil
-
-    for state in run_dir.glob("checkpoint-*/trainer_state.pt"):
-        state.unlink()
-    for init in run_dir.glob("stage-*-init"):
-        shutil.rmtree(init)
 
 
 def _bundle_at(run_dir: Path, step: int, load_model: Any) -> Any:

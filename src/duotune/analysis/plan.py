@@ -64,7 +64,8 @@ def method_config(cfg: CompareConfig, method: str, train_path: str, seed: int, r
     apply_overrides(data, _overrides({
         "run.output_dir": str(runs_dir), "run.name": f"{method}-s{seed}", "run.seed": seed,
         "run.resume": "auto", "run.save_every": 0, "run.keep_last": 1, "run.plots": False,
-        "run.stop_after": None, "run.progress": cfg.progress, "eval.every": 0}))
+        "run.stop_after": None, "run.progress": cfg.progress, "eval.every": 0,
+        "run.keep_optimizer_state": cfg.keep_optimizer_state}))
     return build(TrainConfig, data, source=f"{recipe} (compare {cfg.name})")
 
 

@@ -32,6 +32,7 @@ class Rollout:
     is_demo: list[bool] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     source: list[int] = field(default_factory=list)  # index into examples/prompts per row
+    reward_components: dict[str, list[Any]] = field(default_factory=dict)  # per reward, set when scored
 
     def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool) -> None:
         self.source.append(src)
@@ -42,10 +43,14 @@ class Rollout:
         self.truncated.append(truncated)
 
     def columns(self) -> dict[str, list[Any]]:
-        """Per-row reward columns (TRL convention: one list per column, aligned with `texts`)."""
+        """Per-row reward columns, aligned with `texts`, as TRL's GRPOTrainer passes them: every dataset
+        column, `prompts` (each row's chat messages) and `completion_ids` (its response token ids)."""
         cols = [self.examples[s].columns() for s in self.source]
         keys = sorted({k for c in cols for k in c})
-        return {k: [c.get(k) for c in cols] for k in keys}
+        out = {k: [c.get(k) for c in cols] for k in keys}
+        out.update(prompts=[self.examples[s].prompt for s in self.source],
+                   completion_ids=[list(r) for r in self.responses])
+        return out
 
 
 def _demo_ids(encoder: PromptEncoder, ex: Example, max_len: int) -> tuple[list[int], bool]:

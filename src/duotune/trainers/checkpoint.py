@@ -85,3 +85,19 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     """The saved optimizer/scheduler/KL/data/RNG state (weights load via `models.load_model`)."""
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+
+
+def prune_finished(run_dir: Path) -> None:
+    """Delete what only a resume needs from a finished run: each checkpoint's trainer_state.pt
+    (optimizer moments, ~2x the model) and the stage-<k>-init model copies (the reference / LoRA
+    stage start). The checkpoint models, metrics and rollouts stay, and re-running the finished run
+    trains nothing (`loop.train` reads the step from meta.json). Nine methods x two seeds of a 135M model otherwise keep ~35 GB."""
+    for state in run_dir.glob(f"{PREFIX}*/trainer_state.pt"):
+        state.unlink()
+    for init in run_dir.glob("stage-*-init"):
+        shutil.rmtree(init)
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The global step a checkpoint folder was written at (its meta.json)."""
+    return int(json.loads((ckpt / "meta.json").read_text())["step"])

@@ -138,9 +138,17 @@ class RunCfg(Cfg):
     resume: str = Field("auto", description="auto (latest checkpoint in the run folder) | never | PATH")
     stop_after: int | None = Field(None, description="stop after this global step (for resume tests)")
     max_bad_steps: int = Field(3, ge=1, description="consecutive non-finite losses before stopping")
-    progress: bool = Field(True, description="show a tqdm progress bar")
-    tensorboard: bool = Field(False, description="also log to tensorboard (needs tensorboard)")
-    wandb: bool = Field(False, description="also log to Weights & Biases (needs wandb)")
+    progress: bool = Field(True, description="show the progress line (reward, solve rate, KL, entropy, "
+                           "length, loss, s/step) and the libraries' loading bars")
+    log_with: list[str] = Field([], description="experiment trackers through accelerate, e.g. [tensorboard], "
+                                "[wandb], [mlflow] (pip install 'duotune[tracking]'); logs in <run>/trackers")
+    project: str = Field("duotune", description="tracker project name (wandb/mlflow project, tensorboard folder)")
+    rollouts_every: int = Field(1, ge=0, description="write the step's sampled rows (prompt, completion, "
+                                "rewards, advantage, is_demo) to rollouts/step-NNNNNN.jsonl every N steps "
+                                "(0 = never)")
+    keep_optimizer_state: bool = Field(False, description="keep trainer_state.pt (optimizer moments, ~2x the "
+                                       "model) and stage-<k>-init copies once the run has finished; by default "
+                                       "they are deleted then (only a resume needs them; the models stay)")
     plots: bool = Field(True, description="write curves.png at the end")
 
 

@@ -221,6 +221,7 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, dict[str, float
     weights = tuple(cfg.weights or [1.0] * len(cfg.names))
     totals, components, metrics = _reward_manager(tuple(cfg.names), weights).score(
         list(rollout.texts), rollout.columns())
+    rollout.reward_components = components  # per-function values for the rollouts file
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
     on_policy = ~demo if bool((~demo).any()) else torch.ones_like(demo)
     for name, vals in components.items():

@@ -19,6 +19,7 @@ from duotune.rollout import SamplingParams, build_groups, collate
 from duotune.trainers.compute import backward_full_batch, batch_logprobs
 from duotune.trainers.methods import METHODS, LossInputs, advantages, score_rollout
 from duotune.trainers.optim import all_reduce_grads, prompt_indices
+from duotune.trainers.rollout_log import rollout_rows
 
 
 @dataclass
@@ -74,6 +75,7 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
         rewards = torch.zeros(batch.num_rows)
     adv, amet = advantages(cfg, rollout, rewards)
     record.update(amet)
+    st.logger.add_rollouts(rollout_rows(rollout, rewards, adv))  # -> rollouts/step-NNNNNN.jsonl
     batch = _to(batch, device)
     mask = batch.response_mask.clone()
     if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss
