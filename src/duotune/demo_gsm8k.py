@@ -1,8 +1,7 @@
-"""`make demo`: a short SRFT run of the embedded SmolLM2-135M-Instruct on GSM8K train, evaluated
-before and after (greedy) on a fixed GSM8K test slice with the shared verifier (`duotune.eval`).
-
-Every invocation gets a fresh run folder; `--run-dir` continues an interrupted one (finished eval
-samples and the training checkpoint are reused). Imports the public APIs of trainers, models, eval.
+"""`python -m duotune.demo --gsm8k`: a short SRFT run of the embedded SmolLM2-135M-Instruct on GSM8K
+train, evaluated before and after (greedy) on a fixed GSM8K test slice with the shared verifier
+(`duotune.eval`); the 135M model solves almost none of these. A fresh run folder per invocation;
+`--run-dir` continues one (eval samples and checkpoint reused). Imports trainers, models, eval.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ ROWS = [("accuracy", "accuracy"), ("answered (boxed) fraction", "answered_fracti
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m duotune.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m duotune.demo --gsm8k", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="SRFT steps (2 prompts x 4 sequences each)")
     p.add_argument("--eval-limit", type=int, default=24, help="GSM8K test questions (the first N)")
     p.add_argument("--eval-tokens", type=int, default=256, help="max new tokens of the greedy eval")
