@@ -28,6 +28,17 @@ def _train_help() -> str:
     return "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(lines)
 
 
+def _task_params_help() -> str:
+    """Every task's key=value parameters with their defaults (the epilog of `data make --help`)."""
+    from duotune.tasks import task_params, tasks
+
+    lines = ["task parameters (key=value after the task name):"]
+    for name in tasks.names():
+        lines.append(f"  {name}:")
+        lines += [f"    {k}  {p.help} [default: {p.default!r}]" for k, p in task_params(name).items()]
+    return "\n".join(lines)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from duotune.config import load_config
     from duotune.trainers import TrainConfig, train
@@ -96,6 +107,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
+    """The whole CLI; `with_train_fields` adds the field tables that need heavier imports (train's
+    config fields, the tasks' parameters) to the help epilogs: `main` sets it when help is asked for."""
     parser = argparse.ArgumentParser(
         prog="duotune", formatter_class=_HelpFormatter,
         description="Post-train LLMs and VLMs for reasoning: SFT, GRPO, GRPO-D, LUFFY, SRFT and "
@@ -122,7 +135,9 @@ def build_parser(with_train_fields: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate synthetic task data", formatter_class=_HelpFormatter)
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     m = dsub.add_parser("make", help="write N rows (+ PNG images) of a synthetic task",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=_HelpFormatter,
+                        epilog=_task_params_help() if with_train_fields else
+                        "run `duotune data make --help` to see every task's parameters")
     m.add_argument("task", help="task name (see `duotune list task`)")
     m.add_argument("--n", type=int, default=100, help="number of rows")
     m.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -143,8 +158,7 @@ def _optional_arguments(p: argparse.ArgumentParser, module: str, add: str, run: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    wants_train_help = len(argv) >= 1 and argv[0] == "train" and any(a in ("-h", "--help") for a in argv)
-    parser = build_parser(with_train_fields=wants_train_help)
+    parser = build_parser(with_train_fields=any(a in ("-h", "--help") for a in argv))
     # key=value items may come after flags (`data make counting --n 3 variant=mix`): argparse
     # stops collecting a positional list at the first flag, so collect the stragglers here.
     args, extra = parser.parse_known_args(argv)

@@ -23,7 +23,8 @@ ROWS = [("accuracy", "accuracy"), ("answered (boxed) fraction", "answered_fracti
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m duotune.demo --gsm8k", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m duotune.demo --gsm8k", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=10, help="SRFT steps (2 prompts x 4 sequences each)")
     p.add_argument("--eval-limit", type=int, default=24, help="GSM8K test questions (the first N)")
     p.add_argument("--eval-tokens", type=int, default=256, help="max new tokens of the greedy eval")

@@ -214,8 +214,19 @@ def _run_all(cfg: CompareConfig, root: Path) -> None:
             _write_json(path, res)
 
 
+def compare_fields_help() -> str:
+    """Every CompareConfig field with its description and default (the epilog of `compare --help`)."""
+    from duotune.config import describe_fields
+
+    rows = describe_fields(CompareConfig)
+    width = max(len(k) for k, _, _ in rows)
+    return "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(
+        f"  {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows)
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `duotune compare`."""
+    """Flags of `duotune compare` (the config fields are listed in the epilog)."""
+    parser.epilog = compare_fields_help()
     parser.add_argument("config", help="comparison YAML, e.g. configs/compare/arithmetic.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. seeds=[0,1]")
     parser.add_argument("--report-only", action="store_true",

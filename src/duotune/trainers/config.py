@@ -12,6 +12,8 @@ from pydantic import AfterValidator, Field, model_validator
 
 import duotune.algos  # noqa: F401 - fills the advantage/policy_loss/aggregation/kl/demo registries
 from duotune.config import Cfg, RegistryName
+from duotune.data.formats import data_formats
+from duotune.data.templates import prompt_styles
 from duotune.models.lora import DEFAULT_TARGETS
 from duotune.registry import Registry
 from duotune.rewards import validate_reward_name  # importing fills the reward registry
@@ -22,9 +24,13 @@ _R = Registry.all()
 
 class DataCfg(Cfg):
     train: str = Field(..., description="training data: a .jsonl/.parquet file or a `datasets` source")
-    format: str = Field("auto", description="row format for duotune.data.load_examples (auto detects)")
+    format: str = Field("auto", description=f"row format: auto (detected from the first row) | "
+                        f"{' | '.join(data_formats.names())}; TRL's messages / prompt-completion / "
+                        "prompt-only rows are messages and generic")
     limit: int | None = Field(None, description="use only the first N rows")
-    prompt_style: str | None = Field("boxed", description="prompt style: boxed | think_answer | none")
+    prompt_style: RegistryName(prompt_styles) | None = Field(  # type: ignore[valid-type]
+        "boxed", description=f"prompt style: {' | '.join(prompt_styles.names())} (see `duotune list "
+        "prompt_style`); null keeps the prompts and demos as the rows give them")
     system_prompt: str | None = Field(None, description="system prompt prepended to every prompt")
     shuffle: bool = Field(True, description="shuffle the rows each epoch (seeded by run.seed)")
 
