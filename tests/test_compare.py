@@ -182,3 +182,14 @@ def test_accuracy_vs_wall_averages_seeds_per_step():
     assert xs == pytest.approx([0, 207.5, 418]) and ys == pytest.approx([0.44, 0.5725, 0.71])
     assert accuracy_series(done, "a", "step")["srft"][0] == [0, 5, 10]
 
+
+
+def test_per_method_stages_are_proportions_of_the_budget(tmp_path):
+    # configs/compare/arithmetic.yaml gives the pipelines' stages 5 + 5 in per_method; a smaller budget
+    # (README commands shrunk, or budget.steps=4 by hand) scales them instead of failing the budget check.
+    from duotune.analysis.plan import method_config
+
+    cfg = _cfg(tmp_path, "budget.steps=4", "methods=[base, sft_then_grpo]",
+               "per_method={sft_then_grpo: {stages: [{method: sft, steps: 5}, {method: grpo, steps: 5}]}}")
+    tcfg = method_config(cfg, "sft_then_grpo", "x.jsonl", 0, tmp_path)
+    assert [(s.method, s.steps) for s in tcfg.stages] == [("sft", 2), ("grpo", 2)]

@@ -57,10 +57,10 @@ def method_config(cfg: CompareConfig, method: str, train_path: str, seed: int, r
         "data.limit": cfg.data.limit if cfg.data.file else None, "data.prompt_style": cfg.prompt_style,
         "steps": b.steps, "prompts_per_step": b.prompts_per_step, "rollout.group_size": b.samples_per_prompt,
         "num_iterations": b.updates_per_step}))
-    if data.get("stages"):
+    apply_overrides(data, _overrides(cfg.per_method.get(method, {})))
+    if data.get("stages"):  # after per_method: stages given there are proportions of the budget too
         for st, n in zip(data["stages"], scale_stages([int(s["steps"]) for s in data["stages"]], b.steps)):
             st["steps"] = n
-    apply_overrides(data, _overrides(cfg.per_method.get(method, {})))
     apply_overrides(data, _overrides({
         "run.output_dir": str(runs_dir), "run.name": f"{method}-s{seed}", "run.seed": seed,
         "run.resume": "auto", "run.save_every": 0, "run.keep_last": 1, "run.plots": False,
