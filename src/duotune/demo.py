@@ -106,7 +106,10 @@ def _run_workers(args: argparse.Namespace, cfg: CompareConfig, root: Path) -> li
                         proc.returncode = os.waitstatus_to_exitcode(status)
                         log.close()
                         out[k] = {"methods": methods, "returncode": proc.returncode,
-                                  "cpu_s": usage.ru_utime + usage.ru_stime}
+                                  "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6}
+                        if proc.returncode:  # e.g. -9: killed, often for memory
+                            print(f"[demo] worker {k} ({', '.join(methods)}) exited with {proc.returncode}; "
+                                  f"see {root / 'logs' / f'worker-{k}.log'}", flush=True)
             line = _status(root, cfg)
             if line != last:
                 print(f"[demo {time.time() - t0:5.0f} s] {line}", flush=True)
@@ -196,17 +199,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         import resource
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        workers = [{"methods": list(cfg.methods), "returncode": 0, "cpu_s": usage.ru_utime + usage.ru_stime}]
+        workers = [{"methods": list(cfg.methods), "returncode": 0, "cpu_s": usage.ru_utime + usage.ru_stime,
+                    "peak_rss_gb": usage.ru_maxrss / 1e6}]
     table, rows = _table(res, cfg, root)
     wall, load1 = time.time() - t0, os.getloadavg()
     summary = {"rows": rows, "wall_s": wall, "workers": workers, "load_average_start": load0,
                "load_average_end": load1, "jobs": args.jobs, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "cpu_count": os.cpu_count(), "command": " ".join(["python -m duotune.demo", *argv])}
     (root / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    cpu = ", ".join(f"{'+'.join(w['methods'])} {w['cpu_s']:.0f} s" for w in workers)
+    cpu = ", ".join(f"{'+'.join(w['methods'])} {w['cpu_s']:.0f} s ({w['peak_rss_gb']:.1f} GB peak)" for w in workers)
     print(f"\n{cfg.model}, {cfg.main_set()}: greedy accuracy on {rows[0]['items'] if rows else '?'} held-out items "
           f"after {b.steps} steps (base = before training)\n{table}\n\n{_landing(root, res, cfg)}\n"
-          f"total {wall / 60:.1f} min wall; CPU per worker: {cpu}; load average {load0[0]:.1f} at the start, "
+          f"total {wall / 60:.1f} min wall; CPU time per worker: {cpu}; load average {load0[0]:.1f} at the start, "
           f"{load1[0]:.1f} at the end", flush=True)
     return 0
 
