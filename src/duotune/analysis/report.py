@@ -147,7 +147,8 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222}"
+_CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1360px;"
+        "box-sizing:border-box;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .7em;"
         "text-align:right;white-space:nowrap}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
         "tr:nth-child(even) td{background:#fafafa}code{background:#f3f3f3;padding:0 .2em}"
