@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from duotune.analysis.intervals import wilson_interval
-from duotune.demo import main, split_methods
+from duotune.demo import claim, main, queue_order
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", str(ROOT / "configs" / "compare" / "tiny.yaml"), f"recipes={ROOT / 'configs' / 'tiny'}"]
 
 
-def test_methods_are_split_by_cost_with_base_in_the_first_worker():
-    assert split_methods(["base", "sft", "grpo", "srft"], 2) == [["base", "srft", "sft"], ["grpo"]]
-    assert split_methods(["base", "sft"], 4) == [["base"], ["sft"]]
-    assert split_methods(["base", "sft", "grpo"], 1) == [["base", "grpo", "sft"]]
+def test_workers_take_base_first_then_the_dearest_and_never_the_same_method(tmp_path):
+    assert queue_order(["sft", "srft", "base", "grpo"]) == ["base", "grpo", "srft", "sft"]
+    assert claim(tmp_path, "grpo", 0) and not claim(tmp_path, "grpo", 1) and claim(tmp_path, "sft", 1)
+    assert (tmp_path / "claims" / "grpo").read_text() == "0"
 
 
 def test_demo_splits_the_comparison_over_workers_and_prints_where_it_landed(tmp_path, capsys):
@@ -30,7 +30,8 @@ def test_demo_splits_the_comparison_over_workers_and_prints_where_it_landed(tmp_
                  "runs/srft-s0/rollouts/step-000002.jsonl", "runs/grpo-s0/checkpoint-000002/model"):
         assert (root / name).exists(), name
     res = json.loads((root / "demo_results.json").read_text())
-    assert [w["methods"] for w in res["workers"]] == [["base", "srft", "sft"], ["grpo"]]
+    taken = [w["methods"] for w in res["workers"]]
+    assert sorted(m for ms in taken for m in ms) == ["base", "grpo", "sft", "srft"]  # each exactly once
     assert all(w["returncode"] == 0 and w["cpu_s"] > 0 for w in res["workers"])
     rows = {r["method"]: r for r in res["rows"]}
     assert set(rows) == {"base", "sft", "grpo", "srft"} and rows["srft"]["items"] == 8

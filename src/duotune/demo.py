@@ -1,7 +1,7 @@
 """`make demo` (`python -m duotune.demo`): SRFT beside SFT and GRPO on one budget, the embedded
-SmolLM2-135M-Instruct on arithmetic (`configs/compare/demo.yaml`), as a `duotune compare` split over
-`--jobs` worker processes; prints held-out accuracy before/after with 95 % Wilson intervals, the
-training signal, and where the report, plots, rollouts and checkpoints landed. `--gsm8k`: the GSM8K
+SmolLM2-135M-Instruct on arithmetic (`configs/compare/demo.yaml`), a `duotune compare` run by `--jobs`
+worker processes taking methods from one queue; prints accuracy before/after with 95 % Wilson intervals,
+the training signal, and where the report, plots, rollouts and checkpoints landed. `--gsm8k`: the GSM8K
 SRFT demo (`duotune.demo_gsm8k`). Imports `duotune.analysis` (which trains lazily)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,10 +22,11 @@ from duotune.config import load_config
 from duotune.paths import REPO_ROOT, folder_size, human_size
 
 CONFIG = REPO_ROOT / "configs" / "compare" / "demo.yaml"
-# Rough CPU cost of one method under one budget relative to the base evaluation (measured here: an SFT
-# step is ~1/5 of an RL step, which samples G rollouts per prompt); only used to balance the workers.
+# Rough CPU cost of one method under one budget relative to the base evaluation (an SFT step is ~1/5
+# of an RL step, which samples G rollouts per prompt): the work queue starts with the dearest methods.
 COST = {"base": 1.0, "sft": 2.0, "grpo": 7.0, "grpo_d": 7.0, "srft": 6.0, "luffy": 6.0, "rl_sft_loss": 7.0,
         "sft_then_grpo": 4.5, "grpo_then_sft": 4.5}
+CLAIMS = "claims"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,10 +36,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(`python -m duotune.demo --gsm8k --help` lists its flags)")
     p.add_argument("--config", default=str(CONFIG), help="the comparison YAML the demo runs")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="worker processes (one torch thread each when > 1); methods are split across them")
+                   help="worker processes (one torch thread each when > 1); each takes the next method "
+                        "no other worker has taken")
     p.add_argument("--output-dir", default="runs", help="parent folder of the demo folder")
     p.add_argument("--run-dir", default=None, help="continue this demo folder instead of a fresh one")
-    p.add_argument("--worker", default=None, metavar="METHODS", help=argparse.SUPPRESS)
+    p.add_argument("--worker", default=None, metavar="K", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value overrides of the comparison config, e.g. "
                    "budget.steps=3 'methods=[base,srft]' (see `duotune compare --help`)")
     return p
@@ -49,15 +52,32 @@ def demo_config(args: argparse.Namespace, root: Path) -> CompareConfig:
                                                     f"output_dir={root.parent}", f"name={root.name}"])
 
 
-def split_methods(methods: Sequence[str], jobs: int) -> list[list[str]]:
-    """Methods over `jobs` workers, largest estimated cost first onto the least loaded (LPT); `base`
-    always in the first worker, which starts with it (the others need its result only at their end)."""
-    loads: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(max(1, min(jobs, len(methods))))]
-    order = sorted(methods, key=lambda m: (m != "base", -COST.get(m, 6.0)))
-    for m in order:
-        k = 0 if m == "base" else min(range(len(loads)), key=lambda i: loads[i][0])
-        loads[k] = (loads[k][0] + COST.get(m, 6.0), loads[k][1] + [m])
-    return [ms for _, ms in loads if ms]
+def queue_order(methods: Sequence[str]) -> list[str]:
+    """The order workers take methods in: `base` first (every other method's curve starts from its
+    evaluation), then the dearest first, so the cheap ones fill the gaps at the end."""
+    return sorted(methods, key=lambda m: (m != "base", -COST.get(m, 6.0)))
+
+
+def claim(root: Path, method: str, worker: int) -> bool:
+    """Take `method` for this worker unless another has (an exclusive create: one winner per method)."""
+    path = root / CLAIMS / method
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(worker).encode())
+    os.close(fd)
+    return True
+
+
+def _work(cfg: CompareConfig, root: Path, queue: list[str], worker: int) -> None:
+    """A worker: run each method of the queue that no other worker has taken, one at a time."""
+    from duotune.analysis import run_compare
+
+    for method in queue:
+        if claim(root, method, worker):
+            run_compare(cfg.model_copy(update={"methods": [method]}), report=False)
 
 
 def _status(root: Path, cfg: CompareConfig) -> str:
@@ -84,18 +104,20 @@ def _status(root: Path, cfg: CompareConfig) -> str:
 
 
 def _run_workers(args: argparse.Namespace, cfg: CompareConfig, root: Path) -> list[dict[str, Any]]:
-    """Start one `--worker` process per method group, print a status line while they run; returns each
-    worker's methods, exit code and CPU seconds (from its rusage)."""
-    groups = split_methods(cfg.methods, args.jobs)
+    """Start `--jobs` worker processes on the method queue, print a status line while they run; returns
+    each worker's methods, exit code, CPU seconds and peak RSS (from its rusage)."""
+    queue = queue_order(cfg.methods)
+    shutil.rmtree(root / CLAIMS, ignore_errors=True)  # claims of an interrupted call; results are kept
     (root / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     procs = []
-    for k, methods in enumerate(groups):
+    print(f"[demo] {min(args.jobs, len(queue))} workers take the methods in the order {', '.join(queue)} "
+          f"(logs: {root / 'logs'}/worker-K.log)", flush=True)
+    for k in range(min(args.jobs, len(queue))):
         log = (root / "logs" / f"worker-{k}.log").open("w")
-        cmd = [sys.executable, "-m", "duotune.demo", "--worker", ",".join(methods), "--config", args.config,
+        cmd = [sys.executable, "-m", "duotune.demo", "--worker", str(k), "--config", args.config,
                "--run-dir", str(root), *args.overrides]
-        procs.append((methods, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        print(f"[demo] worker {k}: {', '.join(methods)} (log: {root / 'logs' / f'worker-{k}.log'})", flush=True)
+        procs.append(([], subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     out, last, t0 = {}, "", time.time()
     try:
         while len(out) < len(procs):
@@ -105,6 +127,8 @@ def _run_workers(args: argparse.Namespace, cfg: CompareConfig, root: Path) -> li
                     if pid:
                         proc.returncode = os.waitstatus_to_exitcode(status)
                         log.close()
+                        methods = [m for m in queue if (root / CLAIMS / m).is_file()
+                                   and (root / CLAIMS / m).read_text() == str(k)]
                         out[k] = {"methods": methods, "returncode": proc.returncode,
                                   "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6}
                         if proc.returncode:  # e.g. -9: killed, often for memory
@@ -180,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     root = Path(args.run_dir) if args.run_dir else Path(args.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = demo_config(args, root)
-    if args.worker is not None:  # one process of a split demo: its methods, no report
-        run_compare(cfg.model_copy(update={"methods": args.worker.split(",")}), report=False)
+    if args.worker is not None:  # one process of a split demo: methods from the queue, no report
+        _work(cfg, root, queue_order(cfg.methods), int(args.worker))
         return 0
     t0, load0 = time.time(), os.getloadavg()
     b = cfg.budget
