@@ -136,8 +136,9 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.2f}"
 
+        paper = " (SRFT paper: 2.28)" if (ra["numerator"], ra["denominator"]) == ("sft_then_grpo", "srft") else ""
         lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
-                      f"steps {fmt(ra['steps'])} (SRFT paper: 2.28)."]
+                      f"steps {fmt(ra['steps'])}{paper}."]
     failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}
     if failed:
         lines += ["", "## Failed", ""] + [f"- {m} (seed {s}): {err}" for m, errs in failed.items()
