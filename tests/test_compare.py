@@ -35,10 +35,14 @@ def test_three_methods_end_to_end_write_every_file(compared):
         assert (root / name).is_file(), name
     for stem in ("accuracy_arith_vs_steps", "accuracy_arith_vs_wall", "accuracy_arith_l2_vs_steps",
                  "reward", "entropy_all", "entropy_on_policy", "response_length", "kl_trainer",
-                 "srft_weights", "grpo_d_beta", "kl_to_initial", "dynamics_map"):
+                 "srft_weights", "kl_to_initial", "dynamics_map"):
         assert (root / "plots" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", stem
+    # GRPO-D's schedule panel is drawn only for GRPO-D runs (grpo_d failed here; grpo's constant
+    # beta is no schedule)
+    assert not (root / "plots" / "grpo_d_beta.png").exists()
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(res["plots"]) == 13
+    assert html.count("data:image/png;base64,") == len(res["plots"]) == 12
+    assert "<table>" in html and "<pre>" not in html and "| method |" not in html  # rendered, not raw
     md = (root / "report.md").read_text()
     for m in ["base", *TRAINED]:
         assert f"| {m} |" in md
@@ -178,3 +182,14 @@ def test_accuracy_vs_wall_averages_seeds_per_step():
     assert xs == pytest.approx([0, 207.5, 418]) and ys == pytest.approx([0.44, 0.5725, 0.71])
     assert accuracy_series(done, "a", "step")["srft"][0] == [0, 5, 10]
 
+
+
+def test_per_method_stages_are_proportions_of_the_budget(tmp_path):
+    # configs/compare/arithmetic.yaml gives the pipelines' stages 5 + 5 in per_method; a smaller budget
+    # (README commands shrunk, or budget.steps=4 by hand) scales them instead of failing the budget check.
+    from duotune.analysis.plan import method_config
+
+    cfg = _cfg(tmp_path, "budget.steps=4", "methods=[base, sft_then_grpo]",
+               "per_method={sft_then_grpo: {stages: [{method: sft, steps: 5}, {method: grpo, steps: 5}]}}")
+    tcfg = method_config(cfg, "sft_then_grpo", "x.jsonl", 0, tmp_path)
+    assert [(s.method, s.steps) for s in tcfg.stages] == [("sft", 2), ("grpo", 2)]

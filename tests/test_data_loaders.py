@@ -157,7 +157,7 @@ def test_generic_rows_images_and_options(tmp_path):
      "must end with '#### <final answer>'"),
     (['{"question": "q", "answer": "#### 1"}', '{"question": 5, "answer": "#### 1"}'], 2, "question",
      "must be str, not int"),
-    (['{"prompt": "q"}'], 1, "answer", "missing"),
+    (['{"prompt": "q", "completion": 5}'], 1, "completion", "must be a string or a list of chat messages"),
     (['{"prompt": 3, "answer": "1"}'], 1, "prompt", "must be a string or a list of chat messages"),
     (['[1, 2]'], 1, None, "a row must be a JSON object"),
     (['{"text": "q"}'], 1, None, "cannot tell the row format"),

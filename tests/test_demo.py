@@ -1,15 +1,53 @@
-"""`python -m duotune.demo` end to end on `tiny-llm` (the real demo swaps in SmolLM2): run folder
-contents, the results JSON, and continuing a finished run folder without retraining."""
+"""`python -m duotune.demo` end to end on `tiny-llm` (the real demo runs SmolLM2 on
+configs/compare/demo.yaml): two worker processes share one comparison, the table with Wilson
+intervals, demo_results.json and the report; a second call with --run-dir trains nothing.
+The GSM8K option (`--gsm8k`) keeps its run folder and continues it without retraining."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from duotune.demo import main
+import pytest
+
+from duotune.analysis.intervals import wilson_interval
+from duotune.demo import claim, main, queue_order
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "configs" / "compare" / "tiny.yaml"), f"recipes={ROOT / 'configs' / 'tiny'}"]
 
 
-def test_demo_writes_its_run_folder_and_continues_it_without_retraining(tmp_path, capsys):
-    args = ["--steps", "1", "--eval-limit", "2", "--eval-tokens", "4", "--train-tokens", "8",
+def test_workers_take_base_first_then_the_dearest_and_never_the_same_method(tmp_path):
+    assert queue_order(["sft", "srft", "base", "grpo"]) == ["base", "grpo", "srft", "sft"]
+    assert claim(tmp_path, "grpo", 0) and not claim(tmp_path, "grpo", 1) and claim(tmp_path, "sft", 1)
+    assert (tmp_path / "claims" / "grpo").read_text() == "0"
+
+
+def test_demo_splits_the_comparison_over_workers_and_prints_where_it_landed(tmp_path, capsys):
+    assert main([*TINY, "--jobs", "2", "--output-dir", str(tmp_path)]) == 0
+    (root,) = [p for p in tmp_path.iterdir() if p.name.startswith("demo-")]
+    for name in ("report.html", "report.md", "results.json", "logs/worker-0.log", "logs/worker-1.log",
+                 "runs/srft-s0/rollouts/step-000002.jsonl", "runs/grpo-s0/checkpoint-000002/model"):
+        assert (root / name).exists(), name
+    res = json.loads((root / "demo_results.json").read_text())
+    taken = [w["methods"] for w in res["workers"]]
+    assert sorted(m for ms in taken for m in ms) == ["base", "grpo", "sft", "srft"]  # each exactly once
+    assert all(w["returncode"] == 0 and w["cpu_s"] > 0 for w in res["workers"])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"base", "sft", "grpo", "srft"} and rows["srft"]["items"] == 8
+    lo, hi = wilson_interval(rows["sft"]["accuracy"], 8, percent=True)
+    assert rows["sft"]["ci95"] == pytest.approx([lo, hi])
+    out = capsys.readouterr().out
+    assert f"| sft | {100 * rows['sft']['accuracy']:.1f} [{lo:.1f}, {hi:.1f}] |" in out
+    assert f"where it landed ({root}" in out and "report.html" in out and "CPU time per worker" in out
+    results = {p.name: p.read_text() for p in (root / "results").iterdir()}
+    # The same folder again: every method is done, nothing is trained or evaluated again.
+    assert main([*TINY, "--jobs", "1", "--run-dir", str(root)]) == 0
+    assert {p.name: p.read_text() for p in (root / "results").iterdir()} == results
+
+
+def test_gsm8k_demo_writes_its_run_folder_and_continues_it_without_retraining(tmp_path, capsys):
+    args = ["--gsm8k", "--steps", "1", "--eval-limit", "2", "--eval-tokens", "4", "--train-tokens", "8",
             "--output-dir", str(tmp_path), "model=tiny-llm", "run.progress=false"]
     assert main(args) == 0
     (run,) = [p for p in tmp_path.iterdir() if p.name.startswith("demo-srft-")]

@@ -47,8 +47,7 @@ def test_a_bad_middle_line_of_samples_names_file_and_row(tmp_path):
 
 
 def _logger(run_dir, start):
-    return MetricsLogger(run_dir, 5, start, progress=False, tensorboard=False, wandb=False, is_main=True,
-                         run_name="r", config={})
+    return MetricsLogger(run_dir, 5, start, progress=False, is_main=True)
 
 
 def test_metrics_logger_repairs_a_torn_tail_before_appending(tmp_path):

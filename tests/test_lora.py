@@ -67,7 +67,8 @@ def test_lora_vlm_trains_tower_and_projector_at_their_own_lr(tmp_path):
     res = train(load_config(TrainConfig, CONFIGS / "sft.yaml", [
         "model=tiny-llava", f"data.train={data}", "data.prompt_style=think_answer", f"run.output_dir={tmp_path}",
         "run.progress=false", "run.plots=false", "steps=2", "lora.enabled=true", "lora.r=4",
-        "lora.full_modules=[vision_tower,multi_modal_projector]", "optim.lr=1e-2", "lora.full_lr=1e-3"]))
+        "lora.full_modules=[vision_tower,multi_modal_projector]", "optim.lr=1e-2", "lora.full_lr=1e-3",
+        "run.keep_optimizer_state=true"]))  # the test reads the optimizer's param groups
     model = res.bundle.model
     lrs = sorted(g["lr"] for g in _optimizer_groups(res))
     assert lrs == pytest.approx([1e-3, 1e-2])

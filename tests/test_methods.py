@@ -229,7 +229,7 @@ def test_ppo_mini_batches_are_disjoint_with_the_ratio_against_the_sampler(tmp_pa
 
 
 def test_resumed_adaptive_kl_continues_from_the_controllers_state(tmp_path, data_file):
-    over = ["steps=3", "run.save_every=1", "optim.lr=1e-2",
+    over = ["steps=3", "run.save_every=1", "optim.lr=1e-2", "run.keep_optimizer_state=true",
             "algo.kl={controller: adaptive, beta: 0.1, target: 1.0e-6, horizon: 40}"]
     full = train(_cfg(tmp_path, data_file, "grpo", "run.name=full", *over))
     train(_cfg(tmp_path, data_file, "grpo", "run.name=cut", "run.stop_after=1", *over))

@@ -148,7 +148,8 @@ def test_resume_restores_the_buffer_and_the_sft_optimizer(tmp_path, data_file):
     """B = 3 over 5 steps: SFT at steps 2, 3 and 5. Cut after step 2 (one question left in the buffer,
     one SFT step in the AdamW moments): the resumed run repeats the uninterrupted one exactly (without the
     buffer no SFT at step 3; without the moments step 5's SFT loss differs)."""
-    over = ["steps=5", "algo.buffer_size=3", "algo.sft_lr=1.0e-2", "run.save_every=1", "run.keep_last=5"]
+    over = ["steps=5", "algo.buffer_size=3", "algo.sft_lr=1.0e-2", "run.save_every=1", "run.keep_last=5",
+            "run.keep_optimizer_state=true"]
     full = _records(train(_cfg(tmp_path, data_file, "test_never", "run.name=full", *over)))
     train(_cfg(tmp_path, data_file, "test_never", "run.name=cut", "run.stop_after=2", *over))
     cut = train(_cfg(tmp_path, data_file, "test_never", "run.name=cut", "run.resume=auto", *over))

@@ -194,7 +194,7 @@ def test_grpo_reward_rises(tmp_path, data_file):
 def test_pipeline_hands_weights_to_the_next_stage(tmp_path, data_file):
     from safetensors.torch import load_file
 
-    res = train(_cfg(tmp_path, data_file, "sft_then_grpo", "run.keep_last=3"))
+    res = train(_cfg(tmp_path, data_file, "sft_then_grpo", "run.keep_last=3", "run.keep_optimizer_state=true"))
     recs = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["stage_step"], r["step"]) for r in recs] == [(0, 1, 1), (0, 2, 2), (1, 1, 3)]
     assert [r["method"] for r in recs] == ["sft", "sft", "grpo"]

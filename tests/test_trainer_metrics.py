@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from duotune.errors import ConfigError, DuotuneError
 from duotune.trainers.config import RunCfg
 from duotune.trainers.distributed import Parallel
-from duotune.trainers.metrics import MetricsLogger, panel_keys, plot_curves
+from duotune.trainers.metrics import MetricsLogger, accelerator_kwargs, panel_keys, plot_curves, progress_fields
 from duotune.trainers.step import StageState, _optimizer_step
 
 SRFT_RECORD = {"step": 1, "reward/mean": 0.25, "reward/demo_mean": 1.0, "reward/math/mean": 0.25,
@@ -25,8 +25,7 @@ SRFT_RECORD = {"step": 1, "reward/mean": 0.25, "reward/demo_mean": 1.0, "reward/
 
 
 def _logger(tmp_path, **kw):
-    args = dict(progress=False, tensorboard=False, wandb=False, is_main=True, run_name="r", config={})
-    return MetricsLogger(tmp_path, 3, 0, **{**args, **kw})
+    return MetricsLogger(tmp_path, 3, 0, **{"progress": False, "is_main": True, **kw})
 
 
 def test_panels_hold_every_loss_term_and_put_beta_and_lr_on_a_second_axis():
@@ -60,12 +59,29 @@ def test_metrics_jsonl_turns_nan_into_null_and_writes_no_tracker_unless_asked(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
-@pytest.mark.parametrize("sink,package", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
-def test_asking_for_a_tracker_that_is_not_installed_names_the_package(tmp_path, sink, package):
+@pytest.mark.parametrize("tracker,package", [("tensorboard", "tensorboard"), ("wandb", "wandb"),
+                                             ("mlflow", "mlflow")])
+def test_asking_for_a_tracker_that_is_not_installed_names_the_package(tmp_path, tracker, package):
     if importlib.util.find_spec(package) is not None:
         pytest.skip(f"{package} is installed here")
-    with pytest.raises(ConfigError, match=f"pip install {package}"):
-        _logger(tmp_path, **{sink: True})
+    with pytest.raises(ConfigError, match=rf"pip install {package}.*duotune\[tracking\]"):
+        accelerator_kwargs([tracker], tmp_path)
+
+
+def test_an_unknown_tracker_lists_accelerates_trackers(tmp_path):
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'.*tensorboard"):
+        accelerator_kwargs(["tensorbord"], tmp_path)
+    assert accelerator_kwargs([], tmp_path) == {}
+
+
+def test_progress_line_shows_reward_solve_rate_kl_entropy_length_and_step_time():
+    grpo = {"reward/mean": 0.625, "solve_rate/on_policy": 0.5, "kl/mean": 0.0123456, "entropy/mean": 0.2,
+            "entropy/on_policy": 0.25, "completion/len_mean": 37.5, "loss/total": -0.01, "time/step": 12.34}
+    assert progress_fields(grpo) == {"reward": "0.625", "solved": "0.5", "kl": "0.0123", "entropy": "0.25",
+                                     "len": "37.5", "loss": "-0.01", "s/step": "12.3"}
+    # SFT: no reward, solve rate or KL; the length shown is the demonstrations'
+    sft = {"entropy/mean": 0.5, "completion/demo_len_mean": 40.0, "loss/total": 0.3, "time/step": 2.0}
+    assert progress_fields(sft) == {"entropy": "0.5", "len": "40", "loss": "0.3", "s/step": "2"}
 
 
 def _state(max_bad: int = 2) -> StageState:

@@ -92,7 +92,7 @@ def test_non_numeric_checkpoint_folders_are_ignored(tmp_path, data_file):
 
 def test_resume_path_into_a_new_run_folder_with_a_reference_model(tmp_path, data_file, reference):
     train(_cfg(tmp_path, data_file, "run.name=a", "steps=3", "run.save_every=1", "run.stop_after=1"))
-    res = train(_cfg(tmp_path, data_file, "run.name=b", "steps=3",
+    res = train(_cfg(tmp_path, data_file, "run.name=b", "steps=3", "run.keep_optimizer_state=true",
                      f"run.resume={tmp_path / 'a' / 'checkpoint-000001'}"))
     assert _same(_weights(res.checkpoint), _weights(reference / "checkpoint-000003"))
     assert (res.run_dir / "stage-0-init" / "config.json").is_file()  # b resumes on its own later
@@ -144,10 +144,11 @@ def test_a_run_folder_refuses_a_changed_config(tmp_path, data_file):
 
 
 def test_run_length_and_logging_fields_may_change_on_resume(tmp_path, data_file, reference, capsys):
-    train(_cfg(tmp_path, data_file, "run.name=r", "steps=2", "run.save_every=1"))
+    # a finished run keeps what a longer resume needs only when asked (run.keep_optimizer_state)
+    train(_cfg(tmp_path, data_file, "run.name=r", "steps=2", "run.save_every=1", "run.keep_optimizer_state=true"))
     capsys.readouterr()
     res = train(_cfg(tmp_path, data_file, "run.name=r", "steps=3", "run.save_every=0", "run.keep_last=1",
-                     "run.plots=true", "eval.every=0"))
+                     "run.plots=true", "eval.every=0", "run.keep_optimizer_state=true"))
     assert "resuming from checkpoint-000002 (step 2)" in capsys.readouterr().out
     assert _steps(res.run_dir) == [1, 2, 3]
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["steps"] == 3

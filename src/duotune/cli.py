@@ -31,6 +31,17 @@ def _train_help(method: str | None = None) -> str:
     return f"{text}\n\n{tail}"
 
 
+def _task_params_help() -> str:
+    """Every task's key=value parameters with their defaults (the epilog of `data make --help`)."""
+    from duotune.tasks import task_params, tasks
+
+    lines = ["task parameters (key=value after the task name):"]
+    for name in tasks.names():
+        lines.append(f"  {name}:")
+        lines += [f"    {k}  {p.help} [default: {p.default!r}]" for k, p in task_params(name).items()]
+    return "\n".join(lines)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from duotune.config import load_config
     from duotune.trainers import TrainConfig, train
@@ -106,6 +117,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def build_parser(with_train_fields: bool = False, method: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; `with_train_fields` adds the field tables that need heavier imports (train's
+    config fields, the tasks' parameters) to the help epilogs: `main` sets it when help is asked for;
+    `method` adds that method's settings to train's."""
     parser = argparse.ArgumentParser(
         prog="duotune", formatter_class=_HelpFormatter,
         description="Post-train LLMs and VLMs for reasoning: SFT, GRPO, GRPO-D, LUFFY, SRFT and "
@@ -133,7 +147,9 @@ def build_parser(with_train_fields: bool = False, method: str | None = None) -> 
     p = sub.add_parser("data", help="generate synthetic task data", formatter_class=_HelpFormatter)
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     m = dsub.add_parser("make", help="write N rows (+ PNG images) of a synthetic task",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=_HelpFormatter,
+                        epilog=_task_params_help() if with_train_fields else
+                        "run `duotune data make --help` to see every task's parameters")
     m.add_argument("task", help="task name (see `duotune list task`)")
     m.add_argument("--n", type=int, default=100, help="number of rows")
     m.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -154,14 +170,14 @@ def _optional_arguments(p: argparse.ArgumentParser, module: str, add: str, run: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    wants_train_help = len(argv) >= 1 and argv[0] == "train" and any(a in ("-h", "--help") for a in argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
     method = None
-    if wants_train_help:  # `duotune train --help METHOD` adds that method's settings
+    if wants_help and argv[:1] == ["train"]:  # `duotune train --help METHOD` adds that method's settings
         import duotune.trainers  # noqa: F401 - fills the method registry
         from duotune.registry import Registry
 
         method = next((a for a in argv[1:] if a in Registry.all()["method"].names()), None)
-    parser = build_parser(with_train_fields=wants_train_help, method=method)
+    parser = build_parser(with_train_fields=wants_help, method=method)
     # key=value items may come after flags (`data make counting --n 3 variant=mix`): argparse
     # stops collecting a positional list at the first flag, so collect the stragglers here.
     args, extra = parser.parse_known_args(argv)

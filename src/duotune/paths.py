@@ -1,4 +1,5 @@
-"""Where duotune finds shared data and keeps its caches ($DUOTUNE_DATA, $DUOTUNE_CACHE).
+"""Where duotune finds shared data and keeps its caches ($DUOTUNE_DATA, $DUOTUNE_CACHE), and how big a
+run folder is.
 
 Imports only `duotune.errors`.
 """
@@ -31,3 +32,20 @@ def cache_dir() -> Path:
     path = Path(env) if env else Path.home() / ".cache" / "duotune"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under `path` (0 when it does not exist); links are not followed."""
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 kB', 1.6e9 -> '1.6 GB' (powers of 1000, as `du --si`)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -17,15 +17,18 @@ from duotune.errors import ConfigError
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `duotune analyze` (two actions: shift, map)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
     sub = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-    s = sub.add_parser("shift", help="token-distribution shift: initial vs trained model on fixed responses")
+    s = sub.add_parser("shift", help="token-distribution shift: initial vs trained model on fixed responses",
+                       formatter_class=fmt)
     s.add_argument("--initial", required=True, help="initial model (alias, path or checkpoint model folder)")
     s.add_argument("--trained", required=True, help="trained model (e.g. runs/x/checkpoint-000018/model)")
     s.add_argument("--responses", default="demos",
                    help="fixed responses: demos (the data's demonstrations), initial or trained "
                         "(that model's greedy answers)")
     s.add_argument("--threshold", type=float, default=0.1, help="a token moved when |delta p| > this")
-    m = sub.add_parser("map", help="learning-dynamics map: checkpoints placed by mean log p on references")
+    m = sub.add_parser("map", help="learning-dynamics map: checkpoints placed by mean log p on references",
+                       formatter_class=fmt)
     m.add_argument("--compare", default=None, help="a comparison folder: redraw its recorded map")
     m.add_argument("--path", action="append", default=[], metavar="METHOD=CKPT[,CKPT...]",
                    help="one path: a method's checkpoints (model folders) in training order; repeatable")
@@ -33,7 +36,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated reference sources: demos, model:<name or path> (two or more)")
     for p in (s, m):
         p.add_argument("--data", default=None, help="prompts (with demos): a .jsonl file or shared:<path>; "
-                                                    "default: the arithmetic task's test split")
+                                                    "None = the arithmetic task's test split")
         p.add_argument("--limit", type=int, default=32, help="number of prompts")
         p.add_argument("--max-new-tokens", type=int, default=128, help="decode length of model answers")
         p.add_argument("--out", default="analysis", help="output folder (PNG + JSON)")

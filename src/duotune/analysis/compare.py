@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from duotune import jsonl
 from duotune.analysis.compare_config import CompareConfig
 from duotune.analysis.plan import BASE
 from duotune.errors import ConfigError
+from duotune.progress import library_progress
 
 STATUS_DONE, STATUS_FAILED = "done", "failed"
 
@@ -61,7 +64,7 @@ def result_path(root: Path, method: str, seed: int) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing a comparison never share a tmp file
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)  # never a half-written result
 
@@ -70,14 +73,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return jsonl.read(path)
 
 
-def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float) -> dict[str, Any]:
-    """One curve point: accuracy on every eval set, KL to the initial model, map coordinates."""
+def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float, method: str) -> dict[str, Any]:
+    """One curve point: accuracy on every eval set (a progress bar per set names the method, seed and
+    step), KL to the initial model, map coordinates."""
     from duotune.analysis.dynamics_map import coordinates
     from duotune.analysis.evalsets import kl_to_initial, score
 
     t0 = time.perf_counter()
     point: dict[str, Any] = {"step": step, "wall_s": train_wall,
-                             "evals": score(bundle, ctx.sets, ctx.cfg.eval, seed)}
+                             "evals": score(bundle, ctx.sets, ctx.cfg.eval, seed, label=f"{method}-s{seed} step {step}",
+                                           progress=ctx.cfg.progress)}
     if step > 0:
         main = next(s for s in ctx.sets if s.name == ctx.cfg.main_set())
         point["kl_to_initial"] = kl_to_initial(bundle, ctx.initial(), main.examples, ctx.cfg.eval, seed)
@@ -102,18 +107,19 @@ def run_base(ctx: Context, seed: int) -> dict[str, Any]:
     path = result_path(ctx.root, BASE, seed)
     if path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE:
         return json.loads(path.read_text())
-    point = measure(ctx, ctx.initial(), seed, 0, 0.0)
+    point = measure(ctx, ctx.initial(), seed, 0, 0.0, BASE)
     res = {"method": BASE, "seed": seed, "status": STATUS_DONE, "curve": [point], "budget": None}
     _write_json(path, res)
     return res
 
 
-def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict[str, Any],
+def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: Callable[[], dict[str, Any]],
                budget: dict[str, Any]) -> dict[str, Any]:
-    """Train `method` in chunks of eval.every steps, scoring after each chunk; resumes mid-way."""
+    """Train `method` in chunks of eval.every steps, scoring after each chunk; resumes mid-way.
+    `base_point()` gives the initial model's point (step 0 of the curve)."""
     from duotune.models import load_model
     from duotune.trainers import train
-    from duotune.trainers.checkpoint import list_checkpoints
+    from duotune.trainers.checkpoint import list_checkpoints, prune_finished
 
     run_dir = Path(tcfg.run.output_dir) / tcfg.run.name
     curve_file = run_dir / "curve.jsonl"
@@ -125,7 +131,7 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
     while True:
         if done and done not in curve:  # trained but not yet scored (e.g. killed during the eval)
             bundle = _bundle_at(run_dir, done, load_model)
-            _append(curve_file, curve, measure(ctx, bundle, seed, done, _train_wall(run_dir, done)))
+            _append(curve_file, curve, measure(ctx, bundle, seed, done, _train_wall(run_dir, done), method))
         cap = ctx.cfg.budget.max_wall_s
         if done and cap is not None and curve[done]["wall_s"] >= cap:
             stopped_early = done < total
@@ -137,27 +143,14 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: dict
         if result.global_step <= done:
             raise RuntimeError(f"training made no progress past step {done} in {run_dir}")
         done = result.global_step
-        _append(curve_file, curve, measure(ctx, result.bundle, seed, done, _train_wall(run_dir, done)))
+        _append(curve_file, curve, measure(ctx, result.bundle, seed, done, _train_wall(run_dir, done),
+                                            method))
         del result
-    points = [base_point] + [curve[s] for s in sorted(curve)]
-    if not ctx.cfg.keep_optimizer_state:
-        prune_finished(run_dir)
+    points = [base_point()] + [curve[s] for s in sorted(curve)]
+    if not ctx.cfg.keep_optimizer_state:  # train() prunes a run that reached its last step; a wall cap
+        prune_finished(run_dir)           # can stop one earlier, and it is finished for the comparison
     return {"method": method, "seed": seed, "status": STATUS_DONE, "curve": points, "budget": budget,
             "stopped_by_wall_cap": stopped_early, "run_dir": str(run_dir)}
-
-
-def prune_finished(run_dir: Path) -> None:
-    """Delete what only a resume needs from a finished run (the training state of its checkpoints,
-    stage-<k>-init model copies); the checkpoint models, metrics and curve stay.
-    Nine methods x two seeds of a 135M model otherwise keep ~35 GB of optimizer state."""
-    import shutil
-
-    from duotune.trainers.checkpoint import list_checkpoints, prune_trainer_state
-
-    for ckpt in list_checkpoints(run_dir):
-        prune_trainer_state(ckpt)
-    for init in run_dir.glob("stage-*-init"):
-        shutil.rmtree(init)
 
 
 def _bundle_at(run_dir: Path, step: int, load_model: Any) -> Any:
@@ -171,11 +164,11 @@ def _append(path: Path, curve: dict[int, dict[str, Any]], point: dict[str, Any])
     jsonl.append(path, [point])
 
 
-def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]:
+def run_compare(cfg: CompareConfig, report_only: bool = False, report: bool = True) -> dict[str, Any]:
     """Run (or resume) the comparison and write its report; returns the results dict (results.json).
     With `report_only` nothing is trained or evaluated: the report is rebuilt from the results on disk
-    (methods or seeds without one show as missing)."""
-    from duotune.analysis.plan import budget_of, plan
+    (methods or seeds without one show as missing). `report=False` skips the report (a worker of a
+    comparison split across processes, e.g. `duotune.demo`; returns {})."""
     from duotune.analysis.report import write_report
     from duotune.config import save_config
 
@@ -185,30 +178,53 @@ def run_compare(cfg: CompareConfig, report_only: bool = False) -> dict[str, Any]
             raise ConfigError(f"--report-only: no results in {root / 'results'}; run the comparison first")
         save_config(cfg, root / "compare.yaml")  # the folder's config describes the report it holds
         return write_report(root, cfg)
+    with library_progress(cfg.progress):
+        _run_all(cfg, root)
+    return write_report(root, cfg) if report else {}
+
+
+def _run_all(cfg: CompareConfig, root: Path) -> None:
+    """Train and score every method x seed that has no finished result yet."""
+    from duotune.analysis.plan import budget_of, plan
+    from duotune.config import save_config
+
     root.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, root)
     configs = plan(cfg, ctx.train_path, root / "runs")  # refuses mismatched budgets before any work
     save_config(cfg, root / "compare.yaml")
     for seed in cfg.seeds:
-        base = run_base(ctx, seed)
+        if BASE in cfg.methods:
+            run_base(ctx, seed)
         for method in (m for m in cfg.methods if m != BASE):
             path = result_path(root, method, seed)
             if path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE:
                 continue
             tcfg = configs[method][cfg.seeds.index(seed)]
-            try:
-                res = run_method(ctx, tcfg, method, seed, base["curve"][0], budget_of(tcfg))
+            try:  # the base point is read (or made) when the method needs it: after its training, so a
+                # process running only other methods finds the one another process has written meanwhile
+                res = run_method(ctx, tcfg, method, seed, lambda seed=seed: run_base(ctx, seed)["curve"][0],
+                                 budget_of(tcfg))
             except Exception as e:  # noqa: BLE001 - one method's crash must not stop the comparison
                 res = {"method": method, "seed": seed, "status": STATUS_FAILED,
                        "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:],
                        "budget": budget_of(tcfg)}
                 print(f"compare: {method} (seed {seed}) failed: {res['error']}")
             _write_json(path, res)
-    return write_report(root, cfg)
+
+
+def compare_fields_help() -> str:
+    """Every CompareConfig field with its description and default (the epilog of `compare --help`)."""
+    from duotune.config import describe_fields
+
+    rows = describe_fields(CompareConfig)
+    width = max(len(k) for k, _, _ in rows)
+    return "config fields (set in the YAML or as key=value overrides):\n" + "\n".join(
+        f"  {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows)
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `duotune compare`."""
+    """Flags of `duotune compare` (the config fields are listed in the epilog)."""
+    parser.epilog = compare_fields_help()
     parser.add_argument("config", help="comparison YAML, e.g. configs/compare/arithmetic.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. seeds=[0,1]")
     parser.add_argument("--report-only", action="store_true",

@@ -74,23 +74,49 @@ def coordinates(bundle: Any, refs: dict[str, list[Example]]) -> dict[str, float]
             for name, examples in refs.items()}
 
 
+def _axis_label(ref: str) -> str:
+    """'demos' -> 'the demonstrations'; 'model:<name>' -> "<name>'s greedy answers"."""
+    if ref == "demos":
+        return "the demonstrations"
+    name = ref.removeprefix("model:").rstrip("/").split("/")[-1]
+    return f"{name}'s greedy answers"
+
+
 def plot_map(paths: dict[str, list[dict[str, Any]]], axes: tuple[str, str], out: Path,
              title: str = "learning-dynamics map") -> Path:
-    """Draw one path per method: points {"step", "map": {ref: mean logp}} in step order."""
-    plt = pyplot()
+    """Draw one path per method: points {"step", "map": {ref: mean logp}} in step order; every point is
+    labelled with its step (boxed, offset from the marker, in the method's colour), the shared start
+    (the initial model) is a black star. Method colours are `plots.method_color`'s."""
+    from duotune.analysis.plots import method_color
 
-    fig, ax = plt.subplots(figsize=(7, 6))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 7))
+    start = None
     for method, pts in sorted(paths.items()):
         pts = sorted((p for p in pts if all(a in (p.get("map") or {}) for a in axes)), key=lambda p: p["step"])
         if not pts:
             continue
         xs = [p["map"][axes[0]] for p in pts]
         ys = [p["map"][axes[1]] for p in pts]
-        (line,) = ax.plot(xs, ys, marker="o", label=method)
-        ax.annotate(str(pts[-1]["step"]), (xs[-1], ys[-1]), fontsize=7, color=line.get_color())
-    ax.set_xlabel(f"mean log p on {axes[0]} responses")
-    ax.set_ylabel(f"mean log p on {axes[1]} responses")
-    ax.set_title(title)
+        if method == "base":  # the untrained model is every path's start, drawn once as the star
+            start = (xs[0], ys[0])
+            continue
+        color = method_color(re.sub(r"-s\d+$", "", method))  # paths may be named <method>-s<seed>
+        ax.plot(xs, ys, marker="o", ms=6, lw=2, label=method, color=color)
+        for p, x, y in zip(pts, xs, ys):
+            if p["step"] == 0:
+                start = (x, y)
+                continue
+            ax.annotate(f"{p['step']}", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9,
+                        color=color, fontweight="bold",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    if start is not None:
+        ax.plot(*start, marker="*", ms=16, color="black", ls="none", label="initial model (step 0)", zorder=5)
+    ax.set_xlabel(f"mean log p of {_axis_label(axes[0])}  (higher = more likely)", fontsize=11)
+    ax.set_ylabel(f"mean log p of {_axis_label(axes[1])}", fontsize=11)
+    ax.set_title(f"{title}: each point is a checkpoint, labelled with its step", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=10, loc="best")
     return save_figure(fig, out)

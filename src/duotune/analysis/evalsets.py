@@ -64,8 +64,12 @@ def _prepend(prompt: list[dict[str, Any]], shots: list[dict[str, str]]) -> list[
     return system + [dict(m) for m in shots] + [m for m in prompt if m.get("role") != "system"]
 
 
-def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int) -> dict[str, dict[str, float]]:
-    """Accuracy (mean score over items x samples), mean length, truncated share per eval set."""
+def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int, *, label: str = "",
+          progress: bool = False) -> dict[str, dict[str, float]]:
+    """Accuracy (mean score over items x samples), mean length, truncated share per eval set; with
+    `progress` a bar per set named `eval <label> <set>` advances after each generate batch."""
+    from tqdm.auto import tqdm
+
     from duotune.eval import grade
     from duotune.rollout import HFSampler, SamplingParams
 
@@ -74,7 +78,10 @@ def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int) -
                             seed=seed)
     out: dict[str, dict[str, float]] = {}
     for s in sets:
-        completions = sampler.sample(s.examples, params)
+        with tqdm(total=len(s.examples) * proto.n, desc=" ".join(p for p in ("eval", label, s.name) if p),
+                  unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+            sampler.on_chunk = bar.update  # after each generate batch, with its number of sequences
+            completions = sampler.sample(s.examples, params)
         flat = [(ex, c) for ex, comps in zip(s.examples, completions) for c in comps]
         scores = []
         for kind in ("math", "mcq"):  # one batched call per grading kind

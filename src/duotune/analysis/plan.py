@@ -57,19 +57,20 @@ def method_config(cfg: CompareConfig, method: str, train_path: str, seed: int, r
         "data.limit": cfg.data.limit if cfg.data.file else None, "data.prompt_style": cfg.prompt_style,
         "steps": b.steps, "prompts_per_step": b.prompts_per_step, "rollout.group_size": b.samples_per_prompt,
         "num_iterations": b.updates_per_step}))
-    if data.get("stages"):
-        for st, n in zip(data["stages"], scale_stages([int(s["steps"]) for s in data["stages"]], b.steps)):
-            st["steps"] = n
     # The budget's updates per step are whole-batch passes: recipes that split a rollout batch into
     # mini-batches (the SRFT/LUFFY release settings) are brought to one mini-batch per pass.
     for section in [data.get("algo")] + [st.get("algo") for st in data.get("stages") or []]:
         if isinstance(section, dict) and section.get("ppo_mini_batches", 1) != 1:
             section["ppo_mini_batches"] = 1
     apply_overrides(data, _overrides(cfg.per_method.get(method, {})))
+    if data.get("stages"):  # after per_method: stages given there are proportions of the budget too
+        for st, n in zip(data["stages"], scale_stages([int(s["steps"]) for s in data["stages"]], b.steps)):
+            st["steps"] = n
     apply_overrides(data, _overrides({
         "run.output_dir": str(runs_dir), "run.name": f"{method}-s{seed}", "run.seed": seed,
         "run.resume": "auto", "run.save_every": 0, "run.keep_last": 1, "run.plots": False,
-        "run.stop_after": None, "run.progress": cfg.progress, "eval.every": 0}))
+        "run.stop_after": None, "run.progress": cfg.progress, "eval.every": 0,
+        "run.keep_optimizer_state": cfg.keep_optimizer_state}))
     return build(TrainConfig, data, source=f"{recipe} (compare {cfg.name})")
 
 

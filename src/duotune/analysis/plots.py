@@ -1,37 +1,64 @@
-"""The comparison's PNG figures: accuracy vs steps and vs training wall time, and the training curves
-read from each run's metrics.jsonl (reward, entropy, response length, KL, SRFT's w_sft / w_rl,
-GRPO-D's beta, CHORD's mu, HPT's share routed to SFT, ReLIFT's buffer, expert-prefix length, KL to a
-distillation teacher, DAPO's sampling rounds), one line per method (mean over seeds at each step).
+"""The comparison's PNG figures: accuracy (in %, with 95 % Wilson intervals, the base model as a marked
+reference line) vs steps and vs training wall time, and the training curves read from each run's
+metrics.jsonl (reward, entropy, response length, KL, SRFT's w_sft / w_rl, GRPO-D's beta, CHORD's mu,
+HPT's share routed to SFT, ReLIFT's buffer, expert-prefix length, KL to a distillation teacher, DAPO's
+sampling rounds), one line per method (mean over seeds at each step), each method in the same colour
+in every figure.
 
 Imports matplotlib (Agg) and `duotune.jsonl` only; no torch.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from duotune import jsonl
+from duotune.analysis.compare_config import DEFAULT_METHODS
+from duotune.analysis.intervals import wilson_interval
 from duotune.plotting import pyplot, save_figure
 
-# (file stem, title, metrics.jsonl keys drawn on it); methods without the key are left out.
-# Beta is drawn only from steps that had a KL term (`kl/mean` logged): an SFT stage has none.
+# One colour per method, the same in every figure (matplotlib's tab10 cycle names); SRFT, the headline
+# method, is red. Methods outside this list get a colour from the spare ones by a stable hash of the name.
+METHOD_COLORS = {"base": "0.35", "sft": "C0", "grpo": "C1", "grpo_d": "C2", "srft": "C3", "sft_then_grpo": "C4",
+                 "grpo_then_sft": "C5", "rl_sft_loss": "C6", "luffy": "C9",
+                 # the SFT+RL successors (issue 19): tab20's light shades and two dark ones
+                 "chord_mu": "#aec7e8", "chord_phi": "#ffbb78", "hpt": "#98df8a", "superrl": "#ff9896",
+                 "relift": "#c5b0d5", "rl_plus": "#c49c94", "uft": "#f7b6d2", "prefix_rft": "#dbdb8d",
+                 "trapo": "#9edae5", "distill": "#393b79", "dapo": "#637939"}
+_SPARE_COLORS = ["C7", "C8", "#8c564b", "#8c6d31", "#843c39", "#17becf"]
+assert set(DEFAULT_METHODS) <= set(METHOD_COLORS)
+
+# (file stem, title, metrics.jsonl keys drawn on it, methods it is drawn for: None = every method that
+# logged the keys). Beta is drawn only from steps that had a KL term (`kl/mean` logged), and only for
+# GRPO-D, whose schedule it shows: a constant GRPO beta is not a schedule.
 TRAINING_PANELS = [
-    ("reward", "training reward (on-policy mean)", ["reward/mean"]),
-    ("entropy_all", "entropy, all response tokens", ["entropy/mean"]),
-    ("entropy_on_policy", "entropy, on-policy tokens only", ["entropy/on_policy"]),
-    ("response_length", "mean on-policy response length (tokens)", ["completion/len_mean"]),
-    ("kl_trainer", "KL to the reference (trainer, where beta > 0)", ["kl/mean"]),
-    ("srft_weights", "SRFT weights w_sft and w_rl", ["srft/w_sft", "srft/w_rl"]),
-    ("grpo_d_beta", "KL weight beta (GRPO-D schedule)", ["kl/beta"]),
-    ("chord_mu", "CHORD's SFT weight mu", ["chord/mu"]),
-    ("routed_to_sft", "share of questions routed to SFT (HPT / SuperRL gate)", ["hpt/sft_frac"]),
-    ("relift_buffer", "ReLIFT buffer of failed questions (size after the step)", ["relift/buffer_size"]),
-    ("prefix_length", "prefix tokens per hybrid row, expert-prefix methods", ["prefix/len_mean"]),
-    ("distill_kl", "KL(student || teacher) per token, on the student's samples", ["distill/reverse_kl"]),
-    ("dynamic_rounds", "sampling rounds per step, DAPO dynamic sampling", ["dynamic/rounds"]),
+    ("reward", "training reward (on-policy mean)", ["reward/mean"], None),
+    ("entropy_all", "entropy, all response tokens", ["entropy/mean"], None),
+    ("entropy_on_policy", "entropy, on-policy tokens only", ["entropy/on_policy"], None),
+    ("response_length", "mean on-policy response length (tokens)", ["completion/len_mean"], None),
+    ("kl_trainer", "KL to the reference (trainer, where beta > 0)", ["kl/mean"], None),
+    ("srft_weights", "SRFT weights w_sft and w_rl", ["srft/w_sft", "srft/w_rl"], {"srft"}),
+    ("grpo_d_beta", "KL weight beta (GRPO-D schedule)", ["kl/beta"], {"grpo_d"}),
+    ("chord_mu", "CHORD's SFT weight mu", ["chord/mu"], {"chord_mu", "chord_phi"}),
+    ("routed_to_sft", "share of questions routed to SFT (HPT / SuperRL gate)", ["hpt/sft_frac"], {"hpt", "superrl"}),
+    ("relift_buffer", "ReLIFT buffer of failed questions (size after the step)", ["relift/buffer_size"], {"relift"}),
+    ("prefix_length", "prefix tokens per hybrid row, expert-prefix methods", ["prefix/len_mean"],
+     {"uft", "prefix_rft", "trapo"}),
+    ("distill_kl", "KL(student || teacher) per token, on the student's samples", ["distill/reverse_kl"],
+     {"distill"}),
+    ("dynamic_rounds", "sampling rounds per step, DAPO dynamic sampling", ["dynamic/rounds"], {"dapo"}),
 ]
+_STYLES = ["-", "--", ":", "-."]
+
+
+def method_color(method: str) -> str:
+    """The method's colour (fixed for the built-in methods, hashed for any other name)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _SPARE_COLORS[zlib.crc32(method.encode()) % len(_SPARE_COLORS)]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -57,21 +84,31 @@ def mean_series(runs: list[list[tuple[float, float]]]) -> tuple[list[float], lis
 
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
-              out: Path) -> Path | None:
-    """One line per label; None (no file) when no label has a point."""
+              out: Path, *, colors: dict[str, str] | None = None, styles: dict[str, str] | None = None,
+              bands: dict[str, tuple[list[float], list[float]]] | None = None,
+              reference: tuple[str, float] | None = None) -> Path | None:
+    """One line per label (colour and line style from `colors` / `styles` when given), an optional
+    shaded band per label (lo, hi at each x) and a horizontal reference line (label, y); None (no
+    file) when no label has a point."""
     plt = pyplot()
 
     series = {k: v for k, v in series.items() if v[0]}
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    if reference is not None:
+        ax.axhline(reference[1], color=METHOD_COLORS["base"], ls="--", lw=1.2, label=reference[0], zorder=1)
     for label, (xs, ys) in sorted(series.items()):
-        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, ms=3, label=label)
+        color = (colors or {}).get(label)
+        ax.plot(xs, ys, (styles or {}).get(label, "-"), marker="o" if len(xs) < 40 else None, ms=4,
+                label=label, color=color, zorder=3)
+        if bands and label in bands:
+            ax.fill_between(xs, *bands[label], color=color, alpha=0.15, lw=0, zorder=2)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="best")
     return save_figure(fig, out)
 
 
@@ -93,14 +130,29 @@ def accuracy_series(done: list[dict[str, Any]], name: str, axis: str) -> dict[st
     return {m: ([p[col] for p in pts], [p[2] for p in pts]) for m, pts in mean_by_step(done, name).items()}
 
 
+def _items(done: list[dict[str, Any]], name: str) -> int:
+    """Held-out items of eval set `name` (each curve point records it)."""
+    return next((int(p["evals"][name].get("items", 0)) for r in done for p in r["curve"] if name in p["evals"]), 0)
+
+
 def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -> list[Path]:
-    """Per eval set: accuracy vs global step and vs cumulative training seconds."""
+    """Per eval set: accuracy (%) vs global step and vs cumulative training seconds; a band is the
+    95 % Wilson interval over the set's items around each point; the untrained model is a dashed
+    reference line (every method's curve starts from it at step 0)."""
     paths = []
     for name in sets:
+        n = _items(done, name)
+        base = accuracy_series([r for r in done if r["method"] == "base"], name, "step").get("base")
+        reference = (f"base (initial model): {100 * base[1][0]:.1f} %", 100 * base[1][0]) if base else None
         for axis, xlabel in (("step", "global step (SFT steps of pipelines included)"),
                              ("wall_s", "training wall time (s)")):
-            p = line_plot(accuracy_series(done, name, axis), f"{name}: accuracy (mean over seeds per step)",
-                          xlabel, "accuracy", out_dir / f"accuracy_{name}_vs_{'steps' if axis == 'step' else 'wall'}.png")
+            series = {m: (xs, [100 * y for y in ys])
+                      for m, (xs, ys) in accuracy_series(done, name, axis).items() if m != "base"}
+            bands = {m: tuple(list(v) for v in zip(*(wilson_interval(y / 100, n, percent=True) for y in ys)))
+                     for m, (_, ys) in series.items()} if n else None
+            p = line_plot(series, f"{name}: accuracy, mean over seeds (band: 95 % Wilson interval, {n} items)",
+                          xlabel, "accuracy (%)", out_dir / f"accuracy_{name}_vs_{'steps' if axis == 'step' else 'wall'}.png",
+                          colors={m: method_color(m) for m in series}, bands=bands, reference=reference)
             paths += [p] if p else []
     return paths
 
@@ -109,23 +161,28 @@ def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """The TRAINING_PANELS from every run's metrics.jsonl, plus KL(policy || initial) from the evals."""
     metrics = {id(r): read_metrics(Path(r["run_dir"])) for r in done if r.get("run_dir")}
     paths = []
-    for stem, title, keys in TRAINING_PANELS:
-        series = {}
-        for key in keys:
+    for stem, title, keys, only in TRAINING_PANELS:
+        series, colors, styles = {}, {}, {}
+        for k, key in enumerate(keys):
             runs: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
             for r in done:
+                if only is not None and r["method"] not in only:
+                    continue
                 pts = [(rec["step"], rec[key]) for rec in metrics.get(id(r), [])
                        if isinstance(rec.get(key), (int, float)) and (key != "kl/beta" or "kl/mean" in rec)]
                 if pts:
                     runs[r["method"]].append(pts)
-            suffix = f" {key}" if len(keys) > 1 else ""
-            series.update({f"{m}{suffix}": mean_series(v) for m, v in runs.items()})
-        p = line_plot(series, title, "global step", title.split(",")[0], out_dir / f"{stem}.png")
+            for m, v in runs.items():
+                label = f"{m} {key}" if len(keys) > 1 else m
+                series[label], colors[label], styles[label] = mean_series(v), method_color(m), _STYLES[k % 4]
+        p = line_plot(series, title, "global step", title.split(",")[0], out_dir / f"{stem}.png",
+                      colors=colors, styles=styles)
         paths += [p] if p else []
     runs = defaultdict(list)
     for r in done:
         runs[r["method"]].append([(p["step"], p["kl_to_initial"]) for p in r["curve"]
                                   if p.get("kl_to_initial") is not None])
     p = line_plot({m: mean_series(v) for m, v in runs.items()}, "KL(policy || initial model), sampled at T=1",
-                  "global step", "KL per token (nats)", out_dir / "kl_to_initial.png")
+                  "global step", "KL per token (nats)", out_dir / "kl_to_initial.png",
+                  colors={m: method_color(m) for m in runs})
     return paths + ([p] if p else [])

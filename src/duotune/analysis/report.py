@@ -1,8 +1,8 @@
 """The comparison report: results.json (per method: final and best accuracy per eval set, mean and
-spread over seeds, budget, failures), the time-to-accuracy table and SFT->GRPO / SRFT ratio
-(`analysis.time_to_accuracy`), report.md, PNG plots and a self-contained report.html (base64 PNGs).
-
-Reads the comparison folder only (results/*.json, run folders' metrics.jsonl); no torch.
+spread over seeds, 95 % Wilson intervals, budget, failures), the time-to-accuracy table and SFT->GRPO /
+SRFT ratio (`analysis.time_to_accuracy`), report.md, PNG plots and a self-contained report.html (tables
+rendered by markdown-it-py, base64 PNGs). Reads the comparison folder only (results/*.json, run
+folders' metrics.jsonl); imports matplotlib and markdown-it-py, no torch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
+from duotune.analysis.intervals import wilson_interval
 from duotune.analysis.plots import accuracy_plots, mean_by_step, training_plots
 from duotune.analysis.time_to_accuracy import CurvePoint, default_target, time_to_accuracy_table
 
@@ -43,6 +44,8 @@ def summarize(results: list[dict[str, Any]], cfg: CompareConfig) -> dict[str, di
                            ("best", lambda c, s: max(p["evals"][s]["accuracy"] for p in c))):
             entry[kind] = {s.name: _spread([pick(r["curve"], s.name) for r in done])
                            for s in cfg.eval_sets if done}
+        entry["items"] = {s.name: int(done[0]["curve"][-1]["evals"][s.name].get("items", 0))
+                          for s in cfg.eval_sets if done and s.name in done[0]["curve"][-1]["evals"]}
         if done:
             entry["train_wall_s"] = statistics.fmean(r["curve"][-1]["wall_s"] for r in done)
             entry["eval_wall_s"] = statistics.fmean(sum(p.get("eval_wall_s", 0.0) for p in r["curve"])
@@ -89,11 +92,16 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     return out
 
 
-def _cell(s: dict[str, Any] | None) -> str:
+def _cell(s: dict[str, Any] | None, items: int = 0) -> str:
+    """'80.0 [71.1, 86.7]': accuracy in % (mean ± sd when several seeds) and its 95 % Wilson interval
+    over the `items` held-out items (left out when unknown)."""
     if not s:
         return "-"
     spread = f" ± {100 * s['std']:.1f}" if len(s["per_seed"]) > 1 else ""
-    return f"{100 * s['mean']:.1f}{spread}"
+    if not items:
+        return f"{100 * s['mean']:.1f}{spread}"
+    lo, hi = wilson_interval(min(1.0, max(0.0, s["mean"])), items, percent=True)
+    return f"{100 * s['mean']:.1f}{spread} [{lo:.1f}, {hi:.1f}]"
 
 
 def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
@@ -104,13 +112,15 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
              f"Model `{cfg.model}`; budget {b.steps} steps x {b.prompts_per_step} prompts (G = "
              f"{b.samples_per_prompt}, {b.updates_per_step} update/step); eval every {cfg.eval.every} steps, "
              f"T = {cfg.eval.temperature}, n = {cfg.eval.n}, {cfg.eval.max_new_tokens} new tokens; seeds "
-             f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds); best in brackets.", "",
-             "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'})" for n, d in sets)
+             f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds when there are several) "
+             "with its 95 % Wilson interval over the set's items in brackets; `best` is the best "
+             "evaluated point.", "",
+             "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'}) | best" for n, d in sets)
              + " | seeds | train s | status |",
-             "|---|" + "---|" * (len(sets) + 3)]
+             "|---|" + "---|" * (2 * len(sets) + 3)]
     for m, e in res["methods"].items():
-        cells = [f"{_cell(e['final'].get(n))} [{_cell(e['best'].get(n))}]" if e.get("final") else "-"
-                 for n, _ in sets]
+        cells = [f"{_cell(e['final'].get(n), e.get('items', {}).get(n, 0))} | {_cell(e['best'].get(n))}"
+                 if e.get("final") else "- | -" for n, _ in sets]
         wall = f"{e['train_wall_s']:.0f}" if "train_wall_s" in e else "-"
         seeds = ",".join(map(str, e["seeds"])) or "-"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {seeds} | {wall} | {e['status']} |")
@@ -126,8 +136,9 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.2f}"
 
+        paper = " (SRFT paper: 2.28)" if (ra["numerator"], ra["denominator"]) == ("sft_then_grpo", "srft") else ""
         lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
-                      f"steps {fmt(ra['steps'])} (SRFT paper: 2.28)."]
+                      f"steps {fmt(ra['steps'])}{paper}."]
     failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}
     if failed:
         lines += ["", "## Failed", ""] + [f"- {m} (seed {s}): {err}" for m, errs in failed.items()
@@ -137,13 +148,24 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1360px;"
+        "box-sizing:border-box;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .7em;"
+        "text-align:right;white-space:nowrap}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+        "tr:nth-child(even) td{background:#fafafa}code{background:#f3f3f3;padding:0 .2em}"
+        ".plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;width:calc(50% - .5em)}"
+        "img{width:100%}figcaption{text-align:center;color:#555;font-size:.9em}")
+
+
 def html_page(md: str, root: Path, plots: list[str], title: str) -> str:
-    """A self-contained page: the markdown tables as preformatted text, every PNG inlined (base64)."""
-    text = md.split("\n## Plots")[0]
+    """A self-contained page: the markdown rendered to HTML (tables as tables, by markdown-it-py) and
+    every PNG inlined (base64), two per row."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md.split("\n## Plots")[0])
     imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode((root / p).read_bytes()).decode()}"'
                    f' alt="{html.escape(Path(p).stem)}"><figcaption>{html.escape(Path(p).stem)}</figcaption></figure>'
                    for p in plots)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
-            "figure{display:inline-block;margin:.5em}img{max-width:640px}</style></head><body>"
-            f"<pre>{html.escape(text)}</pre>{imgs}</body></html>\n")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{body}<h2>Plots</h2><div class='plots'>{imgs}</div>"
+            "</body></html>\n")

@@ -1,7 +1,8 @@
 """Row formats (registry `data_format`): turn one source row into an `Example`, or say which field is wrong.
 
-verl/LUFFY parquet rows, GSM8K rows, MATH-style rows and generic rows; `detect_format` picks one
-from a row's fields. Imports `duotune.data.images`/`templates`, `duotune.errors`, `duotune.registry`.
+verl/LUFFY parquet rows, GSM8K rows, MATH-style rows, TRL's conversational `messages` rows and generic
+rows (incl. TRL's prompt-completion and prompt-only rows); `detect_format` picks one from a row's
+fields. Imports `duotune.data.images`/`templates`, `duotune.errors`, `duotune.registry`.
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def detect_format(row: Mapping[str, Any], ctx: RowContext) -> str:
         return "gsm8k"
     if "problem" in row or "final_answer" in row:
         return "math"
+    if "messages" in row and "prompt" not in row:
+        return "messages"
     if "prompt" in row or "question" in row:
         return "generic"
     raise ctx.error(f"cannot tell the row format from its fields {sorted(row)}; expected verl (prompt "
                     "chat list + reward_model), gsm8k (question + answer ending '#### N'), math "
-                    "(problem + answer/solution) or generic (prompt or question + answer); or pass "
-                    f"format= one of {data_formats.names()}")
+                    "(problem + answer/solution), messages (TRL conversational: a chat ending in the "
+                    "assistant's answer) or generic (prompt or question, with answer and/or a demo or "
+                    f"TRL completion, or prompt alone for RL); or pass format= one of {data_formats.names()}")
 
 
 @data_formats.register("verl")
@@ -118,13 +122,55 @@ def math_row(row: Mapping[str, Any], ctx: RowContext) -> Example:
                    answer=_gold_str(gold, ctx, "answer"), demo=solution or None, meta=meta)
 
 
+@data_formats.register("messages")
+def messages_row(row: Mapping[str, Any], ctx: RowContext) -> Example:
+    """TRL's conversational language-modeling row: `messages`, a chat whose last turn is the assistant's
+    answer (the demonstration); the turns before it are the prompt. The gold is `answer` when given, else
+    the demo's last \\boxed{}; other columns (e.g. images, solution) are kept as reward columns."""
+    chat = [_message(m, ctx, "messages") for m in _require(row, "messages", (list, tuple), ctx)]
+    if not chat or chat[-1]["role"] != "assistant":
+        raise ctx.error("the last message must be the assistant's answer (the demonstration)", "messages")
+    prompt, demo = chat[:-1], _text_of(chat[-1])
+    if not any(m["role"] == "user" for m in prompt):
+        raise ctx.error("the chat has no user message before the assistant's answer", "messages")
+    images = _images(row, ctx)
+    gold = row.get("answer")
+    used = {"messages", "answer", "reward_type", "image", "images", *ID_FIELDS}
+    return Example(id=_row_id(row, ctx), prompt=_attach_images(prompt, len(images), ctx),
+                   answer=_gold_str(gold, ctx, "answer") if gold is not None else last_boxed(demo),
+                   demo=demo, reward_type=row.get("reward_type"), images=images,
+                   meta={k: v for k, v in row.items() if k not in used})
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    """The text of a message (its text parts joined when the content is a list of parts)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def _completion_demo(value: Any, ctx: RowContext) -> str:
+    """TRL's `completion`: the text (standard) or the assistant message(s) (conversational)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ctx.error(f"must be a string or a list of chat messages, not {type(value).__name__}", "completion")
+    chat = [_message(m, ctx, "completion") for m in value]
+    answers = [m for m in chat if m["role"] == "assistant"]
+    if not answers:
+        raise ctx.error("a conversational completion needs an assistant message", "completion")
+    return _text_of(answers[-1])
+
+
 @data_formats.register("generic")
 def generic_row(row: Mapping[str, Any], ctx: RowContext) -> Example:
     """Generic row: prompt (str or chat list) or question, answer, optional demo/reward_type/images.
 
-    `options` become lettered `A) ...` lines and reward_type defaults to mcq; image/images are
-    decoded with `load_image` and matched to image parts (see `_attach_images`).
-    """
+    TRL's prompt-completion rows (standard or conversational) give the demo as `completion` (the gold
+    is then its last \\boxed{} unless `answer` is given); a prompt-only row (no answer, no demo) is an
+    RL prompt whose rewards read other columns. `options` become lettered `A) ...` lines and reward_type
+    defaults to mcq; image/images are decoded with `load_image` and matched to image parts."""
     if row.get("prompt") is not None:
         raw = row["prompt"]
         if isinstance(raw, str):
@@ -141,8 +187,7 @@ def generic_row(row: Mapping[str, Any], ctx: RowContext) -> Example:
     demo = row.get("demo")
     if demo is not None and not isinstance(demo, str):
         raise ctx.error(f"must be a string, not {type(demo).__name__}", "demo")
-    if row.get("answer") is None and demo is None:
-        raise ctx.error("missing: give the gold 'answer' (or a 'demo' for SFT-only rows)", "answer")
+    completion = None if row.get("completion") is None else _completion_demo(row["completion"], ctx)
     reward_type = row.get("reward_type")
     if reward_type is not None and not isinstance(reward_type, str):
         raise ctx.error(f"must be a string, not {type(reward_type).__name__}", "reward_type")
@@ -151,11 +196,14 @@ def generic_row(row: Mapping[str, Any], ctx: RowContext) -> Example:
         prompt = _with_options(prompt, options, ctx)
         reward_type = reward_type or "mcq"
     images = _images(row, ctx)
-    used = {"prompt", "question", "answer", "demo", "reward_type", "image", "images", *ID_FIELDS}
+    used = {"prompt", "question", "answer", "demo", "completion", "reward_type", "image", "images", *ID_FIELDS}
     meta = {k: v for k, v in row.items() if k not in used}
     gold = None if row.get("answer") is None else _gold_str(row["answer"], ctx, "answer")
+    if gold is None and demo is None and completion is not None:
+        gold = last_boxed(completion)
     return Example(id=_row_id(row, ctx), prompt=_attach_images(prompt, len(images), ctx), answer=gold,
-                   demo=demo, reward_type=reward_type, images=images, meta=meta)
+                   demo=demo if demo is not None else completion, reward_type=reward_type, images=images,
+                   meta=meta)
 
 
 def _require(row: Mapping[str, Any], key: str, kind: Any, ctx: RowContext) -> Any:

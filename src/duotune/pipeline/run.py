@@ -68,6 +68,10 @@ def _ordered(funnel: dict[str, Any]) -> dict[str, Any]:
     return {k: funnel[k] for k in keys if k in funnel}
 
 
+class _RawDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the field table's layout and shows each flag's default."""
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `run` action to a `duotune pipeline` parser: `run CONFIG [key=value ...]`."""
     from duotune.config import describe_fields
@@ -78,7 +82,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         f"  {k:<{width}}  {desc} [default: {d}]" for k, d, desc in rows)
     sub = parser.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     p = sub.add_parser("run", help="collect -> caption -> distil -> rewrite -> verify -> split (resumable)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+                       formatter_class=_RawDefaults, epilog=epilog)
     p.add_argument("config", help="pipeline YAML, e.g. configs/pipeline/counting_scene_text.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. distil.temperature=0.6")
 

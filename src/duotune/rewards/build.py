@@ -1,5 +1,6 @@
 """The `reward` registry and `get_reward(name, **params)`: built-in names, a user's own function by
-import path (`pkg.mod:fn` or `pkg.mod.fn`), and verl `compute_score` functions (`verl:pkg.mod.fn`).
+import path (`pkg.mod:fn` or `pkg.mod.fn`; the current folder is importable), and verl `compute_score`
+functions (`verl:pkg.mod.fn`).
 
 Imports `duotune.registry`/`duotune.errors` and the reward classes; never torch or math-verify.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +54,14 @@ def _import(path: str) -> Any:
     if not module or not attr:
         raise ConfigError(f"reward {path!r} is neither a registered name nor an import path like "
                           f"'my_pkg.rewards:my_reward'; registered: {', '.join(REWARDS.names())}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:  # `my_rewards.py` beside the config, as `python -m` allows
+        sys.path.append(cwd)
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"reward {path!r} could not be imported ({exc}); check the module is on "
-                          "PYTHONPATH and the function name is right") from None
+        raise ConfigError(f"reward {path!r} could not be imported ({exc}); check the module is in the "
+                          "current folder or on PYTHONPATH and the function name is right") from None
     if not callable(obj):
         raise ConfigError(f"reward {path!r} is not callable; point it at a function "
                           "(completions, **columns) -> list[float | None]")

@@ -21,17 +21,33 @@ from duotune.rewards.pool import GradingPool
 Spec = str | Callable[..., Any] | tuple
 
 
+def _params(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
 def _required_columns(fn: Callable[..., Any]) -> tuple[str, ...]:
-    """Keyword parameters a user's reward needs with no default (besides the completions)."""
+    """Keyword parameters a user's reward needs with no default (besides the completions: the one named
+    `completions`, else the first)."""
     required = getattr(fn, "requires", None)
     if required is not None:
         return tuple(required)
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return ()
-    return tuple(p.name for p in params[1:] if p.default is inspect.Parameter.empty
+    params = _params(fn)
+    named = [p for p in params if p.name == "completions"]
+    rest = [p for p in params if p not in (named or params[:1])]
+    return tuple(p.name for p in rest if p.default is inspect.Parameter.empty
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def call_reward(fn: Callable[..., Any], completions: list[str], columns: dict[str, Any]) -> Any:
+    """`fn(completions, **columns)`, or by keyword when `fn` names a `completions` parameter: TRL calls
+    every reward with keywords only (`prompts=..., completions=..., completion_ids=..., **columns`),
+    so its functions may put `prompts` first."""
+    if any(p.name == "completions" and p.kind != p.POSITIONAL_ONLY for p in _params(fn)):
+        return fn(completions=completions, **columns)
+    return fn(completions, **columns)
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, float]:
@@ -121,7 +137,7 @@ class RewardManager:
               columns: dict[str, Any]) -> list[float | None]:
         check_columns(key, _required_columns(fn), completions, columns)
         try:
-            values = fn(completions, **columns)
+            values = call_reward(fn, completions, columns)
         except DuotuneError:
             raise
         except Exception as exc:
@@ -146,7 +162,7 @@ def _first_failing(fn: Callable[..., Any], completions: list[str], columns: dict
         cols = {k: [v[i]] if isinstance(v, (list, tuple)) and len(v) == len(completions) else v
                 for k, v in columns.items()}
         try:
-            fn([c], **cols)
+            call_reward(fn, [c], cols)
         except Exception:
             return i
     return None

@@ -38,6 +38,7 @@ class Rollout:
     # Expert-prefix rows (demo_entry `prefix`): how many leading response tokens are the demo's
     # (off-policy, not sampled); 0 for sampled rollouts and demos.
     prefix_lens: list[int] = field(default_factory=list)
+    reward_components: dict[str, list[Any]] = field(default_factory=dict)  # per reward, set when scored
 
     def add(self, src: int, group: int, ids: list[int], text: str, demo: bool, truncated: bool,
             logprobs: list[float] | None = None, prefix_len: int = 0) -> None:
@@ -51,10 +52,14 @@ class Rollout:
         self.truncated.append(truncated)
 
     def columns(self) -> dict[str, list[Any]]:
-        """Per-row reward columns (TRL convention: one list per column, aligned with `texts`)."""
+        """Per-row reward columns, aligned with `texts`, as TRL's GRPOTrainer passes them: every dataset
+        column, `prompts` (each row's chat messages) and `completion_ids` (its response token ids)."""
         cols = [self.examples[s].columns() for s in self.source]
         keys = sorted({k for c in cols for k in c})
-        return {k: [c.get(k) for c in cols] for k in keys}
+        out = {k: [c.get(k) for c in cols] for k in keys}
+        out.update(prompts=[self.examples[s].prompt for s in self.source],
+                   completion_ids=[list(r) for r in self.responses])
+        return out
 
     def off_policy(self) -> list[bool]:
         """Per row: a demo or an expert-prefix row (not the policy's own sample from the prompt)."""
@@ -65,11 +70,12 @@ class Rollout:
         that order (a prompt's group and its demo rows move together)."""
         new = {old: i for i, old in enumerate(keep)}
         out = Rollout([self.examples[i] for i in keep], [self.prompts[i] for i in keep], self.group_size)
-        for r, src in enumerate(self.source):
-            if src in new:
-                g = self.group_ids[r]
-                out.add(new[src], new[g] if g >= 0 else -1, self.responses[r], self.texts[r], self.is_demo[r],
-                        self.truncated[r], self.logprobs[r], self.prefix_lens[r])
+        rows = [r for r, src in enumerate(self.source) if src in new]
+        for r in rows:
+            g = self.group_ids[r]
+            out.add(new[self.source[r]], new[g] if g >= 0 else -1, self.responses[r], self.texts[r],
+                    self.is_demo[r], self.truncated[r], self.logprobs[r], self.prefix_lens[r])
+        out.reward_components = {k: [v[r] for r in rows] for k, v in self.reward_components.items()}
         return out
 
     @staticmethod
@@ -86,6 +92,9 @@ class Rollout:
                 g = part.group_ids[r]
                 out.add(base + src, base + g if g >= 0 else -1, part.responses[r], part.texts[r],
                         part.is_demo[r], part.truncated[r], part.logprobs[r], part.prefix_lens[r])
+        keys = set(parts[0].reward_components)
+        if all(set(p.reward_components) == keys and p.reward_components for p in parts):
+            out.reward_components = {k: [v for p in parts for v in p.reward_components[k]] for k in keys}
         return out
 
 

@@ -8,7 +8,7 @@ bundle) and `duotune.data`; never imports trainers, algos or rewards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -108,6 +108,7 @@ class HFSampler(EncodingSampler):
         self.suppress_tokens = list(suppress_tokens) if suppress_tokens else None
         self.share_prefill = share_prefill
         self.encoder = PromptEncoder(bundle)
+        self.on_chunk: Callable[[int], Any] | None = None  # progress hook: sequences finished per batch
 
     def sync_weights(self, model: Any) -> None:
         """Nothing to do: `generate` runs the policy module itself (LoRA adapters included)."""
@@ -139,6 +140,8 @@ class HFSampler(EncodingSampler):
                         done = self._generate_chunk([prompts[i] for i, _ in chunk], params)
                     for (i, j), comp in zip(chunk, done):
                         out[i][j] = comp
+                    if self.on_chunk is not None:
+                        self.on_chunk(len(chunk))
         finally:
             model.train(was_training)
         return [[c for c in per if c is not None] for per in out]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from duotune.config import Cfg, RegistryName
+from duotune.data.formats import data_formats
+from duotune.data.templates import prompt_styles
 from duotune.errors import ConfigError
 from duotune.models.lora import DEFAULT_TARGETS
 from duotune.rewards import validate_reward_name  # importing fills the reward registry
@@ -21,9 +23,13 @@ from duotune.trainers.methods import METHODS, settings_for
 
 class DataCfg(Cfg):
     train: str = Field(..., description="training data: a .jsonl/.parquet file or a `datasets` source")
-    format: str = Field("auto", description="row format for duotune.data.load_examples (auto detects)")
+    format: str = Field("auto", description=f"row format: auto (detected from the first row) | "
+                        f"{' | '.join(data_formats.names())}; TRL's messages / prompt-completion / "
+                        "prompt-only rows are messages and generic")
     limit: int | None = Field(None, description="use only the first N rows")
-    prompt_style: str | None = Field("boxed", description="prompt style: boxed | think_answer | none")
+    prompt_style: RegistryName(prompt_styles) | None = Field(  # type: ignore[valid-type]
+        "boxed", description=f"prompt style: {' | '.join(prompt_styles.names())} (see `duotune list "
+        "prompt_style`); null keeps the prompts and demos as the rows give them")
     system_prompt: str | None = Field(None, description="system prompt prepended to every prompt")
     shuffle: bool = Field(True, description="shuffle the rows each epoch (seeded by run.seed)")
 
@@ -166,9 +172,18 @@ class RunCfg(Cfg):
                                            "finite) is rolled back (None = only non-finite)")
     rollback: bool = Field(True, description="keep a copy of the trained weights and optimizer state "
                            "before each update, to roll a bad one back (false: stop the run instead)")
-    progress: bool = Field(True, description="show a tqdm progress bar")
-    tensorboard: bool = Field(False, description="also log to tensorboard (needs tensorboard)")
-    wandb: bool = Field(False, description="also log to Weights & Biases (needs wandb)")
+    progress: bool = Field(True, description="show the progress line (reward, solve rate, KL, entropy, "
+                           "length, loss, s/step) and the libraries' loading bars")
+    log_with: list[str] = Field([], description="experiment trackers through accelerate, e.g. [tensorboard], "
+                                "[wandb], [mlflow] (pip install 'duotune[tracking]'); logs in <run>/trackers")
+    project: str = Field("duotune", description="tracker project name (wandb/mlflow project, tensorboard folder)")
+    rollouts_every: int = Field(1, ge=0, description="write the step's sampled rows (prompt, completion, "
+                                "rewards, advantage, is_demo) to rollouts/step-NNNNNN.jsonl every N steps "
+                                "(0 = never)")
+    keep_optimizer_state: bool = Field(False, description="keep the checkpoints' training state (optimizer "
+                                       "moments, ~2x the model) and stage-<k>-init copies once the run has "
+                                       "finished; by default they are deleted then (only a resume needs them; "
+                                       "the models stay)")
     plots: bool = Field(True, description="write curves.png at the end")
 
 

@@ -41,8 +41,9 @@ def launch_problem(env: Mapping[str, str], has_gpu: bool) -> str | None:
     return None
 
 
-def build_accelerator() -> Any:
-    """The run's `Accelerator`, configured by the environment `accelerate launch` set up.
+def build_accelerator(**kwargs: Any) -> Any:
+    """The run's `Accelerator`, configured by the environment `accelerate launch` set up (`kwargs`:
+    more `Accelerator` arguments, e.g. the trackers of `metrics.accelerator_kwargs`).
 
     On a machine without GPUs the ranks join over gloo; an FSDP config is honoured there too
     (accelerate only switches FSDP on for accelerator devices, torch's FSDP2 runs on CPU/gloo).
@@ -60,7 +61,7 @@ def build_accelerator() -> Any:
     deepspeed_on_cpu = not gpu and _flag("ACCELERATE_USE_DEEPSPEED")
     if deepspeed_on_cpu:  # accelerate ignores DeepSpeed with cpu=True; with a backend named it runs on gloo
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    acc = Accelerator(cpu=not gpu and not deepspeed_on_cpu, kwargs_handlers=handlers)
+    acc = Accelerator(cpu=not gpu and not deepspeed_on_cpu, kwargs_handlers=handlers, **kwargs)
     if _flag("ACCELERATE_USE_FSDP"):
         if os.environ.get("FSDP_VERSION", "1") != "2":
             raise ConfigError("duotune shards with FSDP2 only: set fsdp_version: 2 in the accelerate config "

@@ -21,13 +21,15 @@ from duotune.data import load_examples
 from duotune.errors import ConfigError, DuotuneError
 from duotune.models import load_model, save_model
 from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
+from duotune.paths import folder_size, human_size
+from duotune.progress import library_progress
 from duotune.rollout import PromptEncoder, build_sampler, close_sampler
 from duotune.trainers import checkpoint as ckpt
 from duotune.trainers import run_folder
 from duotune.trainers.config import TrainConfig, stage_configs
 from duotune.trainers.distributed import build_accelerator, describe, parallel_kind, plain_loading, prepare
 from duotune.trainers.methods import METHODS
-from duotune.trainers.metrics import MetricsLogger, plot_curves
+from duotune.trainers.metrics import MetricsLogger, accelerator_kwargs, plot_curves, start_trackers
 from duotune.trainers.optim import build_optimizer, resolve_dtype
 from duotune.trainers.step import StageState, train_step
 from duotune.trainers.teacher import load_teacher
@@ -53,48 +55,76 @@ def _run_dir(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Run every stage of `cfg` (one stage unless `stages` is set) and return the run folder."""
-    accelerator = build_accelerator()  # DDP / FSDP2 / DeepSpeed as `accelerate launch` configured it
+    run_dir = _run_dir(cfg)
+    # DDP / FSDP2 / DeepSpeed as `accelerate launch` configured it; trackers from run.log_with
+    accelerator = build_accelerator(**accelerator_kwargs(cfg.run.log_with, run_dir))
     torch.manual_seed(cfg.run.seed + accelerator.process_index)
     stages = stage_configs(cfg)
-    run_dir = _run_dir(cfg)
     say = print if accelerator.is_main_process else _quiet
     total = sum(s.steps for s in stages)
     _preflight(stages)  # before the run folder is touched: a typo never costs the old run
     resume = _open_run(cfg, run_dir, total, accelerator, say)
-    state = ckpt.load_trainer_state(resume) if resume else None
+    state = _resume_state(resume, total)
     global_step = int(state["global_step"]) if state else 0
-    if resume is not None:
+    if resume is not None and global_step < total:
         say(f"resuming from {resume.name} (step {global_step})")
+    if accelerator.is_main_process:
+        start_trackers(accelerator, cfg.run.project, run_dir.name, cfg.model_dump(mode="json"))
     logger = MetricsLogger(run_dir, total, global_step, progress=cfg.run.progress,
-                           tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
-                           is_main=accelerator.is_main_process, run_name=run_dir.name,
-                           config=cfg.model_dump(mode="json"))
+                           is_main=accelerator.is_main_process, desc=f"train {run_dir.name}",
+                           accelerator=accelerator, rollouts_every=cfg.run.rollouts_every)
     result = RunResult(run_dir, global_step, checkpoint=resume)
     bundle = None
-    try:
-        begin = 0
-        for k, scfg in enumerate(stages):
-            end = begin + scfg.steps
-            if global_step < end:
-                bundle = _stage_bundle(scfg, k, bundle, run_dir, resume, accelerator, result.checkpoint)
-                result = _run_stage(scfg, k, begin, bundle, accelerator, run_dir, logger,
-                                    state if resume and global_step > begin else None, result)
-                global_step = result.global_step
-                if cfg.run.stop_after is not None and global_step >= cfg.run.stop_after:
-                    break
-                resume = None
-            begin = end
-    finally:
-        logger.close()
+    with library_progress(cfg.run.progress):
+        try:
+            begin = 0
+            for k, scfg in enumerate(stages):
+                end = begin + scfg.steps
+                if global_step < end:
+                    bundle = _stage_bundle(scfg, k, bundle, run_dir, resume, accelerator, result.checkpoint)
+                    result = _run_stage(scfg, k, begin, bundle, accelerator, run_dir, logger,
+                                        state if resume and global_step > begin else None, result)
+                    global_step = result.global_step
+                    if cfg.run.stop_after is not None and global_step >= cfg.run.stop_after:
+                        break
+                    resume = None
+                begin = end
+        finally:
+            logger.close()
     result.bundle = bundle
-    if accelerator.is_main_process and cfg.run.plots:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    if accelerator.is_main_process:
+        _finish(cfg, run_dir, result.global_step >= total, logger)
     if result.steps_run and not result.updates:
         raise DuotuneError(f"no update was applied in {result.steps_run} steps: each was skipped or rolled "
                            "back (see the warnings); lower optim.lr, or check the rewards and data")
     if not result.steps_run and global_step >= total:
         say(f"{run_dir} has finished all {total} steps; nothing to train (raise steps to continue)")
     return result
+
+
+def _resume_state(resume: Path | None, total: int) -> dict[str, Any] | None:
+    """The checkpoint's trainer state; a finished run whose state was pruned resumes as done (its step
+    only); an unfinished one without state cannot continue."""
+    if resume is None:
+        return None
+    if not ckpt.is_pruned(resume):
+        return ckpt.load_trainer_state(resume)
+    step = ckpt.checkpoint_step(resume)
+    if step < total:
+        raise DuotuneError(f"cannot resume from {resume}: its training state was deleted when its run "
+                           f"finished at step {step}, and this config asks for {total}; start a new run folder "
+                           "(run.name=...) or run.resume=never, and set run.keep_optimizer_state=true to "
+                           "keep the state of finished runs")
+    return {"global_step": step}
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, finished: bool, logger: MetricsLogger) -> None:
+    """curves.png; a finished run drops what only a resume needs; the folder's size on the console."""
+    if cfg.run.plots:
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    if finished and not cfg.run.keep_optimizer_state:
+        ckpt.prune_finished(run_dir)
+    logger.write(f"run folder {run_dir}: {human_size(folder_size(run_dir))}")
 
 
 def _quiet(message: str) -> None:

@@ -1,7 +1,7 @@
-"""Metric sinks: one JSON record per step to metrics.jsonl (always), a tqdm bar, optional
-tensorboard/wandb, and curves.png at the end (matplotlib, Agg backend).
+"""Metric sinks: one JSON record per step to metrics.jsonl (always), a tqdm progress line, accelerate's
+experiment trackers (tensorboard, wandb, mlflow, ... through `log_with`), and curves.png at the end.
 
-Imports json, tqdm, matplotlib (lazily, only for plots) and optional trackers; no torch.
+Imports json, tqdm, accelerate's tracking module (lazily) and matplotlib (lazily, only for plots); no torch.
 """
 
 from __future__ import annotations
@@ -44,35 +44,97 @@ def panel_keys(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list
     return [(title, pick(left), pick(right)) for title, left, right in PANELS]
 
 
-class MetricsLogger:
-    """Writes records; `is_main` False (non-zero ranks) makes every call a no-op."""
+# The pip package behind each of accelerate's built-in trackers (for the error when it is missing).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, progress: bool,
-                 tensorboard: bool, wandb: bool, is_main: bool, run_name: str, config: dict[str, Any]):
+
+def accelerator_kwargs(log_with: list[str], run_dir: Path) -> dict[str, Any]:
+    """`Accelerator(**...)` arguments for the trackers in `log_with` (accelerate's names, or a name
+    registered with `accelerate.tracking.register_tracker_class`); logs go under <run_dir>/trackers.
+    A tracker whose package is missing is a ConfigError naming it (accelerate would drop it silently)."""
+    if not log_with:
+        return {}
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import ProjectConfiguration
+
+    available = {str(t) for t in get_available_trackers()}
+    for name in log_with:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"run.log_with: unknown tracker {name!r}; accelerate's trackers are "
+                              f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        if name in TRACKER_PACKAGES and name not in available:
+            raise ConfigError(f"run.log_with: tracker {name!r} needs the {TRACKER_PACKAGES[name]} package: "
+                              f"pip install {TRACKER_PACKAGES[name]} (tensorboard, wandb and mlflow come with "
+                              "pip install 'duotune[tracking]'), or remove it from run.log_with")
+    return {"log_with": list(log_with),
+            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "trackers"))}
+
+
+def start_trackers(accelerator: Any, project: str, run_name: str, config: dict[str, Any]) -> None:
+    """`init_trackers` with the resolved config flattened to dotted keys (tensorboard's hparams take
+    scalars only); wandb and mlflow name the run after the run folder."""
+    if not accelerator.log_with:
+        return
+    accelerator.init_trackers(project, config=flatten_config(config),
+                              init_kwargs={"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 1e-5}} -> {'optim.lr': 1e-5}; lists and None become strings."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+# (label, metric keys in order of preference) shown on the progress line; a missing key is left out.
+PROGRESS_FIELDS = [("reward", ["reward/mean"]), ("solved", ["solve_rate/on_policy"]), ("kl", ["kl/mean"]),
+                   ("entropy", ["entropy/on_policy", "entropy/mean"]),
+                   ("len", ["completion/len_mean", "completion/demo_len_mean"]), ("loss", ["loss/total"]),
+                   ("s/step", ["time/step"])]
+
+
+def progress_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The progress line's values: reward, solve rate, KL (when the step had a KL term), entropy,
+    response length (the demos' for SFT), loss and step time, each as 3 significant digits."""
+    out = {}
+    for label, keys in PROGRESS_FIELDS:
+        value = next((record[k] for k in keys if isinstance(record.get(k), (int, float))
+                      and not isinstance(record.get(k), bool)), None)
+        if value is not None:
+            out[label] = f"{value:.3g}"
+    return out
+
+
+class MetricsLogger:
+    """Writes records to metrics.jsonl and the accelerate trackers, draws the progress line, and writes
+    the rollouts handed to `add_rollouts` (`rollout_log`); `is_main` False (non-zero ranks) makes
+    every call a no-op. `accelerator`: its trackers (`log_with`) get every numeric value per step."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, progress: bool, is_main: bool,
+                 desc: str = "train", accelerator: Any = None, rollouts_every: int = 0):
         self.is_main = is_main
+        self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
-        self.tb = self.wb = None
+        self.accelerator = accelerator if accelerator is not None and accelerator.trackers else None
+        self.rollouts_every = rollouts_every
+        self._rollouts: list[dict[str, Any]] = []
         self.bar = None
         if not is_main:
             return
         # A resumed run redoes the steps after its checkpoint: their old records (and a torn tail) go.
         jsonl.keep(self.path, lambda r: int(r.get("step", 0)) <= start_step)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("run.tensorboard=true needs the tensorboard package: "
-                                  "pip install tensorboard (or set run.tensorboard=false)") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if wandb:
-            try:
-                import wandb as wandb_mod
-            except ImportError:
-                raise ConfigError("run.wandb=true needs the wandb package: pip install wandb "
-                                  "(or set run.wandb=false)") from None
-            self.wb = wandb_mod.init(name=run_name, dir=str(run_dir), config=config)
         if progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+
+    def add_rollouts(self, rows: list[dict[str, Any]]) -> None:
+        """This step's sampled rows; written with the step's record when the step is due."""
+        self._rollouts = rows
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -80,17 +142,19 @@ class MetricsLogger:
         clean = {k: _jsonable(v) for k, v in record.items()}
         jsonl.append(self.path, [clean])
         step = int(record["step"])
-        if self.tb is not None:
-            for k, v in clean.items():
-                if isinstance(v, (int, float)) and v is not None:
-                    self.tb.add_scalar(k, v, step)
-        if self.wb is not None:
-            self.wb.log(clean, step=step)
-        if self.bar is not None and record.get("kind") != "eval":
+        if self.accelerator is not None:
+            self.accelerator.log({k: v for k, v in clean.items() if isinstance(v, (int, float))
+                                  and not isinstance(v, bool)}, step=step)
+        if record.get("kind") == "eval":
+            return
+        if self._rollouts and self.rollouts_every and step % self.rollouts_every == 0:
+            from duotune.trainers.rollout_log import write_rollouts
+
+            write_rollouts(self.run_dir, step, self._rollouts)
+        self._rollouts = []
+        if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({label: f"{clean[k]:.3g}" for label, k in
-                                  (("reward", "reward/mean"), ("loss", "loss/total"), ("beta", "kl/beta"))
-                                  if isinstance(clean.get(k), float)})
+            self.bar.set_postfix(progress_fields(clean))
 
     def write(self, message: str) -> None:
         """A console line that does not break the progress bar."""
@@ -100,10 +164,9 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wb is not None:
-            self.wb.finish()
+        if self.accelerator is not None:  # not end_training(): that also destroys the process group
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def _jsonable(v: Any) -> Any:

@@ -21,11 +21,11 @@ from duotune.errors import ConfigError
 # Keys a resumed run may change: how long it runs, what it logs, how it checkpoints, its guard bounds.
 MAY_CHANGE = frozenset({
     "steps", "run.name", "run.output_dir", "run.resume", "run.stop_after", "run.progress",
-    "run.tensorboard", "run.wandb", "run.plots", "run.save_every", "run.keep_last", "run.max_bad_steps",
-    "run.max_loss", "run.max_param_growth", "eval.every",
+    "run.log_with", "run.project", "run.rollouts_every", "run.keep_optimizer_state", "run.plots",
+    "run.save_every", "run.keep_last", "run.max_bad_steps", "run.max_loss", "run.max_param_growth", "eval.every",
 })
 _ARTEFACT = re.compile(r"(checkpoint-\d+|stage-\d+-init|\.tmp-(?:checkpoint-\d+|stage-\d+-init)|metrics\.jsonl|\.metrics\.jsonl\.tmp"
-                       r"|curves\.png|config\.yaml|\.config\.yaml\.tmp|tensorboard)")
+                       r"|curves\.png|config\.yaml|\.config\.yaml\.tmp|trackers|rollouts)")
 _ABSENT = "<absent>"
 
 

@@ -40,6 +40,7 @@ def score_rollout(rollout: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor, d
     columns = rollout.columns()
     columns.setdefault("completion_ids", [list(r) for r in rollout.responses])  # TRL's column
     totals, components, metrics = manager.score(list(rollout.texts), columns)
+    rollout.reward_components = components  # per-function values for the rollouts file
     correct = torch.tensor(manager.correct(components), dtype=torch.bool)
     demo = torch.tensor(rollout.is_demo, dtype=torch.bool)
     off = torch.tensor(rollout.off_policy(), dtype=torch.bool)  # demos and expert-prefix rows

@@ -24,6 +24,7 @@ from duotune.trainers import guard
 from duotune.trainers.compute import TeacherScores, backward_full_batch, batch_logprobs, teacher_scores
 from duotune.trainers.methods import LossInputs, Method, Needs
 from duotune.trainers.optim import prompt_indices
+from duotune.trainers.rollout_log import rollout_rows
 from duotune.trainers.sampling import Scored, dynamic_sample
 from duotune.trainers.scoring import advantages, score_rollout
 
@@ -68,6 +69,7 @@ def train_step(st: StageState, step: int) -> dict[str, Any]:
     t_roll = time.perf_counter() - t0
     batch.advantages, amet = advantages(settings.group_stats(), rollout, batch.rewards, batch.correct)
     record.update(amet)
+    st.logger.add_rollouts(rollout_rows(rollout, batch.rewards, batch.advantages))  # -> rollouts/step-NNNNNN.jsonl
     batch = batch.to(next(model.parameters()).device)
     record.update(_length_metrics(batch))
     if cfg.rollout.drop_truncated:  # DAPO overlong filtering: truncated samples leave the loss

@@ -1,0 +1,120 @@
+"""The comparison report (issue 18, item 4) from hand-made results: accuracy in % with 95 % Wilson
+intervals (closed form), one colour per method in every plot, the base model as a reference line and
+not a method, per-method panels only for methods that ran, tables rendered as HTML tables; and the
+page laid out by a real headless browser (Chromium) without anything running off a 1400-px window."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from duotune.analysis import plots
+from duotune.analysis.compare_config import CompareConfig
+from duotune.analysis.intervals import Z95, wilson_interval
+from duotune.analysis.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wilson_interval_closed_form():
+    # 0 of 10: the interval is [0, z^2 / (n + z^2)]; 45 of 100 by the formula worked by hand
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, Z95 ** 2 / (10 + Z95 ** 2)))
+    lo, hi = wilson_interval(0.45, 100)
+    centre = (0.45 + Z95 ** 2 / 200) / (1 + Z95 ** 2 / 100)
+    half = Z95 / (1 + Z95 ** 2 / 100) * math.sqrt(0.45 * 0.55 / 100 + Z95 ** 2 / 40000)
+    assert (lo, hi) == pytest.approx((centre - half, centre + half))
+    assert (lo, hi) == pytest.approx((0.35615, 0.54755), abs=5e-5)  # the usual table value
+    assert wilson_interval(1.0, 20, percent=True)[1] == 100.0
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson_interval(0.5, 0)
+
+
+def _run(root: Path, method: str, accs: list[float], beta: bool = False) -> dict:
+    run_dir = root / "runs" / f"{method}-s0"
+    run_dir.mkdir(parents=True)
+    recs = [{"step": s, "reward/mean": 0.1 * s, "entropy/mean": 1.0 / s, "completion/len_mean": 30.0,
+             **({"kl/mean": 0.01, "kl/beta": 0.04} if beta else {}),
+             **({"srft/w_sft": 0.4, "srft/w_rl": 0.6} if method == "srft" else {})} for s in (1, 2)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    curve = [{"step": s, "wall_s": 10.0 * s, "kl_to_initial": 0.001 * s,
+              "evals": {"arith": {"accuracy": a, "items": 100.0}}} for s, a in zip((0, 2), accs)]
+    res = {"method": method, "seed": 0, "status": "done", "curve": curve, "run_dir": str(run_dir),
+           "budget": {"steps": 2}}
+    (root / "results").mkdir(exist_ok=True)
+    (root / "results" / f"{method}-s0.json").write_text(json.dumps(res))
+    return res
+
+
+@pytest.fixture
+def report(tmp_path):
+    cfg = CompareConfig.model_validate({
+        "name": "r", "output_dir": str(tmp_path), "methods": ["base", "sft", "grpo", "srft"],
+        "data": {"generate": {"n": 4}}, "budget": {"steps": 2, "prompts_per_step": 2, "samples_per_prompt": 4},
+        "eval_sets": [{"name": "arith", "generate": {"n": 100, "split": "test"}}], "eval": {"every": 2}})
+    root = tmp_path / "r"
+    _run(root, "base", [0.45])
+    _run(root, "sft", [0.45, 0.80])
+    _run(root, "grpo", [0.45, 0.65], beta=True)
+    _run(root, "srft", [0.45, 0.70])
+    return cfg, root
+
+
+def test_plots_use_one_colour_per_method_a_base_reference_and_per_method_panels(report, monkeypatch):
+    cfg, root = report
+    drawn = {}
+    real = plots.line_plot
+
+    def spy(series, title, xlabel, ylabel, out, **kw):
+        drawn[Path(out).stem] = (series, kw)
+        return real(series, title, xlabel, ylabel, out, **kw)
+
+    monkeypatch.setattr(plots, "line_plot", spy)
+    write_report(root, cfg)
+    series, kw = drawn["accuracy_arith_vs_steps"]
+    assert set(series) == {"sft", "grpo", "srft"}  # base is the reference line, not a method
+    assert kw["reference"] == ("base (initial model): 45.0 %", 45.0)
+    assert series["sft"] == ([0, 2], [45.0, 80.0])  # in %
+    assert kw["bands"]["sft"][0][1] == pytest.approx(wilson_interval(0.8, 100, percent=True)[0])
+    for stem, (series, kw) in drawn.items():  # the same colour for a method in every figure
+        for label in series:
+            assert kw["colors"][label] == plots.method_color(label.split()[0]), (stem, label)
+    assert plots.method_color("srft") == "C3" and plots.method_color("grpo") == "C1"
+    assert set(drawn["srft_weights"][0]) == {"srft srft/w_sft", "srft srft/w_rl"}
+    # grpo logs a constant beta, but there is no GRPO-D run: no schedule panel
+    assert drawn["grpo_d_beta"][0] == {} and not (root / "plots" / "grpo_d_beta.png").exists()
+
+
+def test_report_tables_are_html_tables_with_intervals(report):
+    cfg, root = report
+    write_report(root, cfg)
+    md = (root / "report.md").read_text()
+    lo, hi = wilson_interval(0.8, 100, percent=True)
+    assert f"| sft | 80.0 [{lo:.1f}, {hi:.1f}] | 80.0 |" in md
+    html = (root / "report.html").read_text()
+    assert html.count("<table>") == 2 and "<pre>" not in html and "|---|" not in html
+    assert f"<td>80.0 [{lo:.1f}, {hi:.1f}]</td>" in html
+
+
+def _screenshot_module():
+    spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "docs" / "report_screenshot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_lays_out_in_a_real_browser_within_1400_px(report, tmp_path):
+    shot = _screenshot_module()
+    if shot.chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    cfg, root = report
+    out = write_report(root, cfg)
+    found = shot.layout(root / "report.html", width=1400)
+    assert found["overflow"] == [] and found["page_width"] <= 1400
+    assert [t["rows"] for t in found["tables"]] == [5, 4]  # header + 4 methods; header + 3 methods
+    assert found["images"] == len(out["plots"])  # every inlined PNG decoded
+    png = shot.screenshot(root / "report.html", tmp_path / "shot.png", width=1400, height=900)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
