@@ -19,6 +19,7 @@ TINY = ["--config", str(ROOT / "configs" / "compare" / "tiny.yaml"), f"recipes={
 
 def test_workers_take_base_first_then_the_dearest_and_never_the_same_method(tmp_path):
     assert queue_order(["sft", "srft", "base", "grpo"]) == ["base", "grpo", "srft", "sft"]
+    assert queue_order(["distill", "sft", "base", "dapo"]) == ["base", "dapo", "sft", "distill"]
     assert claim(tmp_path, "grpo", 0) and not claim(tmp_path, "grpo", 1) and claim(tmp_path, "sft", 1)
     assert (tmp_path / "claims" / "grpo").read_text() == "0"
 

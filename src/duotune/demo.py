@@ -25,7 +25,11 @@ CONFIG = REPO_ROOT / "configs" / "compare" / "demo.yaml"
 # Rough CPU cost of one method under one budget relative to the base evaluation (an SFT step is ~1/5
 # of an RL step, which samples G rollouts per prompt): the work queue starts with the dearest methods.
 COST = {"base": 1.0, "sft": 2.0, "grpo": 7.0, "grpo_d": 7.0, "srft": 6.0, "luffy": 6.0, "rl_sft_loss": 7.0,
-        "sft_then_grpo": 4.5, "grpo_then_sft": 4.5}
+        "sft_then_grpo": 4.5, "grpo_then_sft": 4.5, "chord_mu": 7.5, "chord_phi": 7.5, "relift": 7.5,
+        "dapo": 9.0, "distill": 8.0}
+# Methods that read another method's result (the arithmetic comparison's distill teacher is its own SFT
+# run) go last, and the worker that takes one waits for that method's results.
+AFTER = {"distill": "sft"}
 CLAIMS = "claims"
 
 
@@ -55,7 +59,7 @@ def demo_config(args: argparse.Namespace, root: Path) -> CompareConfig:
 def queue_order(methods: Sequence[str]) -> list[str]:
     """The order workers take methods in: `base` first (every other method's curve starts from its
     evaluation), then the dearest first, so the cheap ones fill the gaps at the end."""
-    return sorted(methods, key=lambda m: (m != "base", -COST.get(m, 6.0)))
+    return sorted(methods, key=lambda m: (m != "base", m in AFTER, -COST.get(m, 6.0)))
 
 
 def claim(root: Path, method: str, worker: int) -> bool:
@@ -77,6 +81,10 @@ def _work(cfg: CompareConfig, root: Path, queue: list[str], worker: int) -> None
 
     for method in queue:
         if claim(root, method, worker):
+            dep = AFTER.get(method)
+            while dep in cfg.methods and not all((root / "results" / f"{dep}-s{s}.json").is_file()
+                                                 for s in cfg.seeds):
+                time.sleep(5)
             run_compare(cfg.model_copy(update={"methods": [method]}), report=False)
 
 
