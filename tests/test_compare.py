@@ -53,6 +53,9 @@ def test_three_methods_end_to_end_write_every_file(compared):
         curve = res["curves"][f"{m}-s0"]
         assert [p["step"] for p in curve] == [0, 1, 2]  # base point, then every eval.every=1 step
         assert set(curve[-1]["evals"]) == {"arith", "arith_l2"} and curve[-1]["evals"]["arith"]["items"] == 8
+        for ev in curve[-1]["evals"].values():  # per-item scores (for paired comparisons) average to accuracy
+            assert len(ev["per_item"]) == ev["items"] and all(v in (0.0, 1.0) for v in ev["per_item"])
+            assert sum(ev["per_item"]) / ev["items"] == pytest.approx(ev["accuracy"])
         assert set(curve[-1]["map"]) == {"demos", "model:tiny-llm"}
         assert curve[-1]["kl_to_initial"] >= 0  # k3 is never negative
         assert curve[1]["wall_s"] < curve[2]["wall_s"]  # cumulative training time

@@ -66,8 +66,10 @@ def _prepend(prompt: list[dict[str, Any]], shots: list[dict[str, str]]) -> list[
 
 def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int, *, label: str = "",
           progress: bool = False) -> dict[str, dict[str, float]]:
-    """Accuracy (mean score over items x samples), mean length, truncated share per eval set; with
-    `progress` a bar per set named `eval <label> <set>` advances after each generate batch."""
+    """Accuracy (mean score over items x samples), mean length, truncated share per eval set, and
+    `per_item`: each item's score (mean over its samples) in the set's order, which paired comparisons
+    between methods scored on the same items read; with `progress` a bar per set named
+    `eval <label> <set>` advances after each generate batch."""
     from tqdm.auto import tqdm
 
     from duotune.eval import grade
@@ -82,17 +84,19 @@ def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int, *
                   unit="sample", disable=not progress, dynamic_ncols=True) as bar:
             sampler.on_chunk = bar.update  # after each generate batch, with its number of sequences
             completions = sampler.sample(s.examples, params)
-        flat = [(ex, c) for ex, comps in zip(s.examples, completions) for c in comps]
-        scores = []
+        flat = [(i, ex, c) for i, (ex, comps) in enumerate(zip(s.examples, completions)) for c in comps]
+        item_sum = [0.0] * len(s.examples)
         for kind in ("math", "mcq"):  # one batched call per grading kind
-            part = [(ex, c) for ex, c in flat if (ex.reward_type == "mcq") == (kind == "mcq")]
-            graded = grade(kind, [c.text for _, c in part], [ex.answer or "" for ex, _ in part])
-            scores += [sc or 0.0 for _, sc in graded]  # None (ungradable gold) counts as wrong
+            part = [(i, ex, c) for i, ex, c in flat if (ex.reward_type == "mcq") == (kind == "mcq")]
+            graded = grade(kind, [c.text for _, _, c in part], [ex.answer or "" for _, ex, _ in part])
+            for (i, _, _), (_, sc) in zip(part, graded):
+                item_sum[i] += sc or 0.0  # None (ungradable gold) counts as wrong
         k = max(1, len(flat))
-        out[s.name] = {"accuracy": sum(scores) / k,
-                       "mean_length": sum(len(c.token_ids) for _, c in flat) / k,
-                       "truncated_fraction": sum(c.finish_reason == "length" for _, c in flat) / k,
-                       "items": float(len(s.examples))}
+        out[s.name] = {"accuracy": sum(item_sum) / k,
+                       "mean_length": sum(len(c.token_ids) for _, _, c in flat) / k,
+                       "truncated_fraction": sum(c.finish_reason == "length" for _, _, c in flat) / k,
+                       "items": float(len(s.examples)),
+                       "per_item": [v / proto.n for v in item_sum]}
     return out
 
 
