@@ -62,6 +62,16 @@ def test_three_methods_end_to_end_write_every_file(compared):
         run_dir = root / "runs" / f"{m}-s0"  # finished: resume-only files pruned, models kept
         assert not list(run_dir.glob("checkpoint-*/trainer_state*")) and not list(run_dir.glob("stage-*-init"))
         assert (run_dir / "checkpoint-000002" / "model" / "config.json").is_file()
+    # Paired differences: by default every trained method against base, on every eval set, from the
+    # per-item scores; each method's interval in results is the bootstrap over items and seeds.
+    assert [(d["a"], d["b"], d["eval_set"]) for d in res["paired"]] == \
+        [(m, "base", s) for m in TRAINED for s in ("arith", "arith_l2")]  # grpo_d failed: no pair
+    for d in res["paired"]:
+        a = res["curves"][f"{d['a']}-s0"][-1]["evals"][d["eval_set"]]["accuracy"]
+        b = res["curves"]["base-s0"][0]["evals"][d["eval_set"]]["accuracy"]
+        assert d["diff"] == pytest.approx(a - b) and d["low"] <= d["diff"] <= d["high"]
+    assert "## Paired differences" in md and "| srft - base | arith |" in md
+    assert res["methods"]["sft"]["ci95"]["arith"][0] <= res["methods"]["sft"]["final"]["arith"]["mean"]
     # Step 0 of every curve is the base model's evaluation, so they all start at the same point.
     base = res["curves"]["base-s0"][0]["evals"]
     assert all(res["curves"][f"{m}-s0"][0]["evals"] == base for m in TRAINED)
@@ -166,6 +176,8 @@ def test_pipeline_stages_scale_to_budget():
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="per_method names"):
         _cfg(tmp_path, "per_method={lufy: {steps: 3}}")
+    with pytest.raises(ConfigError, match=r"pairs name \['srtf'\]"):
+        _cfg(tmp_path, "methods=[base, sft, srft]", "pairs=[[srtf, sft]]")
     with pytest.raises(ConfigError, match="exactly one of generate, benchmark, file"):
         _cfg(tmp_path, "eval_sets=[{name: x, benchmark: gsm8k, file: a.jsonl}]")
     cfg = _cfg(tmp_path, "methods=[base, nope]")

@@ -136,6 +136,10 @@ class CompareConfig(Cfg):
                                                      "(default: the first in-distribution set)")
     ratio: tuple[str, str] = Field(("sft_then_grpo", "srft"), description="time-to-accuracy ratio "
                                                                           "numerator / denominator")
+    pairs: list[tuple[str, str]] = Field([], description="paired differences A - B on the same items at the "
+                                         "last step (claim: A > B), with 95 % bootstrap intervals over items "
+                                         "and seeds and a verdict held / did not hold / inconclusive read off "
+                                         "the interval; [] = every trained method against base")
     progress: bool = Field(True, description="show progress bars")
     keep_optimizer_state: bool = Field(False, description="keep a finished run's training state "
                                        "(optimizer moments, ~2x the model) and stage-<k>-init copies; by "
@@ -153,6 +157,9 @@ class CompareConfig(Cfg):
         if self.target_set is not None and self.target_set not in names:
             raise ValueError(f"target_set {self.target_set!r} is not an eval set ({', '.join(names)})")
         # Names of the default list stay valid, so `methods=[...]` can narrow a comparison.
+        unknown = sorted({m for pair in self.pairs for m in pair} - set(self.methods))
+        if unknown:
+            raise ValueError(f"pairs name {unknown}, which are not in methods {self.methods}")
         extra = sorted(set(self.per_method) - set(self.methods) - set(DEFAULT_METHODS))
         if extra:
             raise ValueError(f"per_method names {extra}, which are not in methods {self.methods}")

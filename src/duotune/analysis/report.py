@@ -1,5 +1,6 @@
 """The comparison report: results.json (per method: final and best accuracy per eval set, mean and
-spread over seeds, 95 % Wilson intervals, budget, failures), the time-to-accuracy table and SFT->GRPO /
+spread over seeds, 95 % intervals (bootstrap over items and seeds; Wilson where per-item scores are
+missing), paired differences between methods on the same items, budget, failures), the time-to-accuracy table and SFT->GRPO /
 SRFT ratio (`analysis.time_to_accuracy`), report.md, PNG plots and a self-contained report.html (tables
 rendered by markdown-it-py, base64 PNGs). Reads the comparison folder only (results/*.json, run
 folders' metrics.jsonl); imports matplotlib and markdown-it-py, no torch.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
-from duotune.analysis.intervals import wilson_interval
+from duotune.analysis.intervals import bootstrap_interval, paired_bootstrap, wilson_interval
 from duotune.analysis.plots import accuracy_plots, mean_by_step, training_plots
 from duotune.analysis.time_to_accuracy import CurvePoint, default_target, time_to_accuracy_table
 
@@ -46,11 +47,35 @@ def summarize(results: list[dict[str, Any]], cfg: CompareConfig) -> dict[str, di
                            for s in cfg.eval_sets if done}
         entry["items"] = {s.name: int(done[0]["curve"][-1]["evals"][s.name].get("items", 0))
                           for s in cfg.eval_sets if done and s.name in done[0]["curve"][-1]["evals"]}
+        items = {s.name: _per_item(done, s.name) for s in cfg.eval_sets}
+        entry["ci95"] = {name: list(bootstrap_interval(x)[1:]) for name, x in items.items() if x}
         if done:
             entry["train_wall_s"] = statistics.fmean(r["curve"][-1]["wall_s"] for r in done)
             entry["eval_wall_s"] = statistics.fmean(sum(p.get("eval_wall_s", 0.0) for p in r["curve"])
                                                     for r in done)
         out[method] = entry
+    return out
+
+
+def _per_item(runs: list[dict[str, Any]], set_name: str) -> list[list[float]] | None:
+    """Seeds x items: the last point's per-item scores on `set_name`, or None when a run lacks them
+    (results written before they were kept)."""
+    rows = [r["curve"][-1]["evals"].get(set_name, {}).get("per_item") for r in runs]
+    return rows if rows and all(rows) else None
+
+
+def paired(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, Any]]:
+    """`cfg.pairs` (default: every trained method against base) on every eval set: A - B on the same
+    items, its 95 % bootstrap interval over items and seeds and the verdict on "A > B"."""
+    done = [r for r in results if r["status"] == "done" and r["seed"] in cfg.seeds]
+    pairs = cfg.pairs or [(m, "base") for m in cfg.methods if m != "base"]
+    out = []
+    for a, b in pairs:
+        for s in cfg.eval_sets:
+            xa = _per_item([r for r in done if r["method"] == a], s.name)
+            xb = _per_item([r for r in done if r["method"] == b], s.name)
+            if xa and xb:
+                out.append({"a": a, "b": b, "eval_set": s.name, **paired_bootstrap(xa, xb)})
     return out
 
 
@@ -83,7 +108,8 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     summary = summarize(results, cfg)
     out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
            "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
-           "time_to_accuracy": tta, "plots": [str(p.relative_to(root)) for p in plots],
+           "time_to_accuracy": tta, "paired": paired(results, cfg),
+           "plots": [str(p.relative_to(root)) for p in plots],
            "curves": {f"{r['method']}-s{r['seed']}": r["curve"] for r in done}}
     (root / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     md = markdown(out, cfg)
@@ -92,15 +118,17 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     return out
 
 
-def _cell(s: dict[str, Any] | None, items: int = 0) -> str:
-    """'80.0 [71.1, 86.7]': accuracy in % (mean ± sd when several seeds) and its 95 % Wilson interval
-    over the `items` held-out items (left out when unknown)."""
+def _cell(s: dict[str, Any] | None, items: int = 0, ci: list[float] | None = None) -> str:
+    """'80.0 [71.1, 86.7]': accuracy in % (mean ± sd when several seeds) and its 95 % interval: `ci`
+    (the bootstrap over items and seeds) when given, else Wilson over the `items` held-out items (left
+    out when unknown)."""
     if not s:
         return "-"
     spread = f" ± {100 * s['std']:.1f}" if len(s["per_seed"]) > 1 else ""
-    if not items:
+    if ci is None and not items:
         return f"{100 * s['mean']:.1f}{spread}"
-    lo, hi = wilson_interval(min(1.0, max(0.0, s["mean"])), items, percent=True)
+    lo, hi = (100 * ci[0], 100 * ci[1]) if ci else wilson_interval(min(1.0, max(0.0, s["mean"])), items,
+                                                                   percent=True)
     return f"{100 * s['mean']:.1f}{spread} [{lo:.1f}, {hi:.1f}]"
 
 
@@ -113,13 +141,14 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
              f"{b.samples_per_prompt}, {b.updates_per_step} update/step); eval every {cfg.eval.every} steps, "
              f"T = {cfg.eval.temperature}, n = {cfg.eval.n}, {cfg.eval.max_new_tokens} new tokens; seeds "
              f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds when there are several) "
-             "with its 95 % Wilson interval over the set's items in brackets; `best` is the best "
-             "evaluated point.", "",
+             "with its 95 % interval in brackets (percentile bootstrap over the items and the seeds where "
+             "per-item scores were kept, else Wilson over the items); `best` is the best evaluated point.", "",
              "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'}) | best" for n, d in sets)
              + " | seeds | train s | status |",
              "|---|" + "---|" * (2 * len(sets) + 3)]
     for m, e in res["methods"].items():
-        cells = [f"{_cell(e['final'].get(n), e.get('items', {}).get(n, 0))} | {_cell(e['best'].get(n))}"
+        cells = [f"{_cell(e['final'].get(n), e.get('items', {}).get(n, 0), e.get('ci95', {}).get(n))} | "
+                 f"{_cell(e['best'].get(n))}"
                  if e.get("final") else "- | -" for n, _ in sets]
         wall = f"{e['train_wall_s']:.0f}" if "train_wall_s" in e else "-"
         seeds = ",".join(map(str, e["seeds"])) or "-"
@@ -139,6 +168,14 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
         paper = " (SRFT paper: 2.28)" if (ra["numerator"], ra["denominator"]) == ("sft_then_grpo", "srft") else ""
         lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
                       f"steps {fmt(ra['steps'])}{paper}."]
+    if res.get("paired"):
+        lines += ["", "## Paired differences (last step, same items)", "",
+                  "A - B in accuracy points with its 95 % bootstrap interval (items drawn once for both, each "
+                  "method's seeds on their own); the claim A > B `held` when the interval lies above 0, `did "
+                  "not hold` when below, else `inconclusive`.", "",
+                  "| A - B | eval set | difference [95 %] | A > B |", "|---|---|---|---|"]
+        lines += [f"| {d['a']} - {d['b']} | {d['eval_set']} | {100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, "
+                  f"{100 * d['high']:+.1f}] | {d['verdict']} |" for d in res["paired"]]
     failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}
     if failed:
         lines += ["", "## Failed", ""] + [f"- {m} (seed {s}): {err}" for m, errs in failed.items()
