@@ -158,6 +158,9 @@ def build_parser(with_train_fields: bool = False, method: str | None = None) -> 
     m.add_argument("--out", required=True, help="output folder (data.jsonl, images/)")
     m.add_argument("params", nargs="*", help="task parameters as key=value (e.g. level=2)")
     m.set_defaults(func=cmd_data_make)
+    t = dsub.add_parser("teacher", help="demos written by another model: sample, keep the first the verifier "
+                        "accepts (docs/protocol.md, regime b)", formatter_class=_HelpFormatter)
+    _optional_arguments(t, "duotune.data.teacher_pool", "add_teacher_arguments", "run_teacher_command")
     return parser
 
 

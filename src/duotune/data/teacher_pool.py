@@ -1,0 +1,115 @@
+"""`duotune data teacher`: demonstrations written by another model instead of the task's program
+(docs/protocol.md, regime (b); issue 20), by rejection sampling on the verifier.
+
+The teacher (any model alias or checkpoint folder, e.g. a duotune SFT run trained in another style)
+samples `samples` completions per row's prompt. The first completion the verifier accepts (`eval.grade`,
+the row's reward type, lenient mode as the training reward) becomes the row's `demo`; the task's own
+solution moves to `programmatic_demo`. Rows with no accepted sample are left out, so every method trained
+on the pool shares its rows. Written: `<out>/data.jsonl` (the kept rows, in input order, otherwise
+unchanged) and `<out>/teacher_pool.json` (per-sample correctness, kept share, mean demo tokens for the
+teacher and the program, the settings). Imports torch and the models lazily (inside `build_pool`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from duotune import jsonl
+from duotune.errors import ConfigError, DataError
+
+
+def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 4, temperature: float = 1.0,
+               max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32,
+               progress: bool = True) -> dict[str, Any]:
+    """Sample, verify and write the pool (see the module docstring); returns the summary it writes."""
+    from tqdm.auto import tqdm
+
+    from duotune.data import load_examples
+    from duotune.eval import grade
+    from duotune.models import load_model
+    from duotune.rollout import HFSampler, SamplingParams
+
+    if samples < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError(f"samples, max_new_tokens and batch_size must be >= 1 (got {samples}, "
+                          f"{max_new_tokens}, {batch_size})")
+    rows = jsonl.read_rows(data)
+    examples = load_examples(str(data))
+    if not rows or len(rows) != len(examples):
+        raise ConfigError(f"{data}: {len(rows)} JSON rows but {len(examples)} examples; give a data.jsonl "
+                          "with one row per line (e.g. from `duotune data make`)")
+    for (number, _), ex in zip(rows, examples):
+        if not ex.answer:
+            raise DataError("no gold answer: a teacher demo is kept only when the verifier accepts it",
+                            file=str(data), row=number, field="answer")
+    bundle = load_model(model)
+    bundle.model.eval().requires_grad_(False)
+    sampler = HFSampler(bundle, batch_size=batch_size)
+    params = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    with tqdm(total=len(examples) * samples, desc=f"teacher {model}", unit="sample", disable=not progress,
+              dynamic_ncols=True) as bar:
+        sampler.on_chunk = bar.update
+        completions = sampler.sample(examples, params)
+    kept, correct, teacher_tokens, program_tokens = [], 0, [], []
+    tok = bundle.tokenizer
+    for (_, row), ex, comps in zip(rows, examples, completions):
+        kind = "mcq" if ex.reward_type == "mcq" else "math"
+        scores = [sc or 0.0 for _, sc in grade(kind, [c.text for c in comps], [ex.answer] * len(comps))]
+        correct += int(sum(scores))
+        first = next((c for c, sc in zip(comps, scores) if sc == 1.0), None)
+        if first is None:
+            continue
+        teacher_tokens.append(len(first.token_ids))
+        if row.get("demo"):
+            program_tokens.append(len(tok(row["demo"], add_special_tokens=False)["input_ids"]))
+        kept.append({**row, "demo": first.text, "programmatic_demo": row.get("demo"),
+                     "demo_source": f"teacher:{model}"})
+    if not kept:
+        raise ConfigError(f"the teacher {model} solved none of the {len(rows)} questions in {samples} samples "
+                          "each: no pool to write (a stronger teacher, more samples or more tokens)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "data.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
+
+    def mean(v: list[int]) -> float | None:
+        return sum(v) / len(v) if v else None
+
+    summary = {"teacher": model, "source": str(data), "questions": len(rows), "samples_per_question": samples,
+               "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+               "sample_correct_rate": correct / (len(rows) * samples), "kept": len(kept),
+               "kept_share": len(kept) / len(rows), "mean_demo_tokens_teacher": mean(teacher_tokens),
+               "mean_demo_tokens_programmatic": mean(program_tokens), "data": str(path)}
+    jsonl.write_json(out / "teacher_pool.json", summary)
+    return summary
+
+
+def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the teacher: a model alias (`duotune list model`) or a "
+                   "checkpoint folder (e.g. runs/<name>/checkpoint-000030/model)")
+    p.add_argument("--data", required=True, help="rows to write demos for: a data.jsonl with gold answers "
+                   "(e.g. from `duotune data make`)")
+    p.add_argument("--out", required=True, help="output folder (data.jsonl with the kept rows, teacher_pool.json)")
+    p.add_argument("--samples", type=int, default=4, help="completions sampled per question; the first the "
+                   "verifier accepts becomes the demo")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the teacher")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="decode length of each sample")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_teacher_command(args: argparse.Namespace) -> int:
+    s = build_pool(args.model, args.data, args.out, samples=args.samples, temperature=args.temperature,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                   progress=not args.no_progress)
+    demo_len = s["mean_demo_tokens_teacher"]
+    print(f"teacher {s['teacher']}: {100 * s['sample_correct_rate']:.1f} % of {s['questions']} x "
+          f"{s['samples_per_question']} samples correct; kept {s['kept']} of {s['questions']} questions "
+          f"({100 * s['kept_share']:.1f} %), demos {demo_len:.1f} tokens (program: "
+          f"{s['mean_demo_tokens_programmatic'] or 0:.1f}); wrote {s['data']}")
+    return 0
