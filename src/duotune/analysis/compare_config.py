@@ -136,6 +136,10 @@ class CompareConfig(Cfg):
                                                      "(default: the first in-distribution set)")
     ratio: tuple[str, str] = Field(("sft_then_grpo", "srft"), description="time-to-accuracy ratio "
                                                                           "numerator / denominator")
+    target_fractions: list[float] = Field([0.5, 0.9], description="per-seed time-to-accuracy targets, each a "
+                                          "fraction f of the way from the base model to the final mean accuracy "
+                                          "of ratio[0]: base + f (final - base); the ratio's 95 % interval is a "
+                                          "bootstrap over seeds (docs/protocol.md, H2); [] = off")
     pairs: list[tuple[str, str]] = Field([], description="paired differences A - B on the same items at the "
                                          "last step (claim: A > B), with 95 % bootstrap intervals over items "
                                          "and seeds and a verdict held / did not hold / inconclusive read off "
@@ -157,6 +161,9 @@ class CompareConfig(Cfg):
         if self.target_set is not None and self.target_set not in names:
             raise ValueError(f"target_set {self.target_set!r} is not an eval set ({', '.join(names)})")
         # Names of the default list stay valid, so `methods=[...]` can narrow a comparison.
+        bad = [f for f in self.target_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"target_fractions {bad}: each must be in (0, 1]")
         unknown = sorted({m for pair in self.pairs for m in pair} - set(self.methods))
         if unknown:
             raise ValueError(f"pairs name {unknown}, which are not in methods {self.methods}")

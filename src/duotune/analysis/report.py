@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
-from duotune.analysis.intervals import bootstrap_interval, paired_bootstrap, wilson_interval
+from duotune.analysis.intervals import bootstrap_interval, paired_bootstrap, verdict, wilson_interval
 from duotune.analysis.plots import accuracy_plots, mean_by_step, training_plots
-from duotune.analysis.time_to_accuracy import CurvePoint, default_target, time_to_accuracy_table
+from duotune.analysis.time_to_accuracy import (
+    CurvePoint,
+    default_target,
+    fraction_target,
+    ratio_interval,
+    seed_time,
+    time_to_accuracy_table,
+)
+
+SRFT_SPEEDUP = 2.28  # SRFT's claimed SFT->RL / SRFT time-to-accuracy ratio (SPEC; docs/protocol.md, H2)
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
@@ -79,6 +88,41 @@ def paired(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, 
     return out
 
 
+def seed_targets(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Per `cfg.target_fractions` target: each trained method's training seconds to it, seed by seed
+    (censored at the run's end when never reached), and the ratio[0] / ratio[1] ratio of mean times with
+    its bootstrap interval over seeds. [] when base or ratio[0] has no result, or ratio[0] ends at or
+    below base (no target lies between them)."""
+    main = cfg.main_set()
+    done = [r for r in results if r["status"] == "done" and r["seed"] in cfg.seeds]
+
+    def acc(r: dict[str, Any], point: int) -> float:
+        return r["curve"][point]["evals"][main]["accuracy"]
+
+    base = [acc(r, 0) for r in done if r["method"] == "base"]
+    ref = [acc(r, -1) for r in done if r["method"] == cfg.ratio[0]]
+    if not base or not ref or statistics.fmean(ref) <= statistics.fmean(base):
+        return []
+    out = []
+    for f in cfg.target_fractions:
+        target = fraction_target(statistics.fmean(base), statistics.fmean(ref), f)
+        times = {m: [seed_time([CurvePoint(p["step"], p["wall_s"], p["evals"][main]["accuracy"])
+                                for p in r["curve"]], target) for r in done if r["method"] == m]
+                 for m in cfg.methods if m != "base"}
+        entry: dict[str, Any] = {"fraction": f, "target": target, "eval_set": main, "methods": {
+            m: {"reached": sum(t.reached for t in ts), "seeds": len(ts),
+                "mean_wall_s": statistics.fmean(t.wall_s for t in ts)} for m, ts in times.items() if ts}}
+        num, den = times.get(cfg.ratio[0]), times.get(cfg.ratio[1])
+        if num and den and all(t.wall_s > 0 for t in den):
+            r = ratio_interval(num, den)
+            entry["ratio"] = {"numerator": cfg.ratio[0], "denominator": cfg.ratio[1], **r}
+            if tuple(cfg.ratio) == ("sft_then_grpo", "srft"):
+                entry["ratio"]["claim"] = SRFT_SPEEDUP
+                entry["ratio"]["verdict"] = verdict(r["low"] - SRFT_SPEEDUP, r["high"] - SRFT_SPEEDUP)
+        out.append(entry)
+    return out
+
+
 def mean_curves(results: list[dict[str, Any]], set_name: str) -> dict[str, list[CurvePoint]]:
     """Per method: accuracy and wall time averaged over seeds at each evaluated step."""
     done = [r for r in results if r["status"] == "done"]
@@ -108,7 +152,7 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     summary = summarize(results, cfg)
     out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
            "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
-           "time_to_accuracy": tta, "paired": paired(results, cfg),
+           "time_to_accuracy": tta, "seed_targets": seed_targets(results, cfg), "paired": paired(results, cfg),
            "plots": [str(p.relative_to(root)) for p in plots],
            "curves": {f"{r['method']}-s{r['seed']}": r["curve"] for r in done}}
     (root / "results.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -168,6 +212,21 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
         paper = " (SRFT paper: 2.28)" if (ra["numerator"], ra["denominator"]) == ("sft_then_grpo", "srft") else ""
         lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
                       f"steps {fmt(ra['steps'])}{paper}."]
+    for t in res.get("seed_targets") or []:
+        lines += ["", f"## Time to {100 * t['target']:.1f} % on `{t['eval_set']}` ({t['fraction']:g} of the way from "
+                      f"base to {cfg.ratio[0]}'s final accuracy), seed by seed", "",
+                  "| method | seeds that reached it | mean train s (a run that never did counts its whole "
+                  "training) |", "|---|---|---|"]
+        lines += [f"| {m} | {e['reached']} of {e['seeds']} | {e['mean_wall_s']:.0f} |" for m, e in t["methods"].items()]
+        ra = t.get("ratio")
+        if ra:
+            bound = {("numerator",): " (a lower bound: a numerator run never reached it)",
+                     ("denominator",): " (an upper bound: a denominator run never reached it)",
+                     ("numerator", "denominator"): " (both sides censored: neither bound holds)"}.get(
+                tuple(ra["censored"]), "")
+            claim = (f"; the claim >= {ra['claim']}: {ra['verdict']}" if "claim" in ra else "")
+            lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']} of mean train seconds: {ra['ratio']:.2f} "
+                          f"[95 % over seeds: {ra['low']:.2f}, {ra['high']:.2f}]{bound}{claim}."]
     if res.get("paired"):
         lines += ["", "## Paired differences (last step, same items)", "",
                   "A - B in accuracy points with its 95 % bootstrap interval (items drawn once for both, each "
