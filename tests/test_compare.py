@@ -71,6 +71,10 @@ def test_three_methods_end_to_end_write_every_file(compared):
         b = res["curves"]["base-s0"][0]["evals"][d["eval_set"]]["accuracy"]
         assert d["diff"] == pytest.approx(a - b) and d["low"] <= d["diff"] <= d["high"]
     assert "## Paired differences" in md and "| srft - base | arith |" in md
+    dyn = res["dynamics"]  # the RL runs log on-policy entropy; 2 RL runs x 2 evaluated steps = 4 checkpoints
+    assert set(dyn["late_entropy"]) == {"grpo", "srft"} and dyn["tracking"]["reward/mean"]["n"] == 4
+    assert dyn["entropy_test"]["verdict"] != "held"  # one seed a side can never reach p <= 0.05
+    assert "## Training signal against the benchmark" in md
     assert res["methods"]["sft"]["ci95"]["arith"][0] <= res["methods"]["sft"]["final"]["arith"]["mean"]
     # Step 0 of every curve is the base model's evaluation, so they all start at the same point.
     base = res["curves"]["base-s0"][0]["evals"]

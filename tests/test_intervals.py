@@ -68,3 +68,30 @@ def test_verdict_reads_the_interval_not_the_point():
     assert verdict(0.01, 0.2) == "held"
     assert verdict(-0.2, -0.001) == "did not hold"
     assert verdict(-0.01, 0.3) == "inconclusive" and verdict(0.0, 0.3) == "inconclusive"
+
+
+def test_permutation_test_exact_p_values():
+    from duotune.analysis.intervals import permutation_greater
+
+    assert permutation_greater([3, 4, 5], [0, 1, 2]) == pytest.approx(1 / 20)  # the smallest 3 v 3 p
+    assert permutation_greater([0, 1, 2], [3, 4, 5]) == 1.0
+    # 2 v 1: relabellings {a,b}: (5,1)=3 >= 3, (5,0)=2.5, (1,0)=0.5 -> 1 of 3
+    assert permutation_greater([5, 1], [0]) == pytest.approx(1 / 3)
+
+
+def test_spearman_closed_forms_and_interval():
+    from duotune.analysis.intervals import spearman, spearman_interval
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: x ranks (1.5, 1.5, 3, 4), y ranks (1, 2, 3, 4): r = 0.9487
+    assert spearman([5, 5, 6, 7], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10), abs=1e-12)
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    rng = np.random.default_rng(0)
+    x = rng.random(200)
+    r = spearman_interval(x, x + 0.01 * rng.random(200))
+    assert r["rho"] > 0.99 and r["low"] > 0.98 and r["n"] == 200
+    r = spearman_interval(x, rng.random(200))
+    assert r["low"] < 0 < r["high"]  # independent: the interval contains 0
+    with pytest.raises(ValueError, match=">= 3 paired"):
+        spearman_interval([1, 2], [1, 2])

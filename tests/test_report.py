@@ -118,3 +118,35 @@ def test_report_lays_out_in_a_real_browser_within_1400_px(report, tmp_path):
     assert found["images"] == len(out["plots"])  # every inlined PNG decoded
     png = shot.screenshot(root / "report.html", tmp_path / "shot.png", width=1400, height=900)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dynamics_pairs_each_checkpoint_with_its_training_step(tmp_path):
+    """H3 / H7 by hand: late entropy averages the steps after 2/3 of the budget; each evaluated step
+    > 0 is paired with that step's record; SRFT above GRPO in each of 3 seeds gives p = 1/20 (held)."""
+    from duotune.analysis.report import dynamics
+
+    cfg = CompareConfig.model_validate({
+        "name": "d", "output_dir": str(tmp_path), "methods": ["base", "grpo", "srft"], "seeds": [0, 1, 2],
+        "data": {"generate": {"n": 4}}, "budget": {"steps": 6, "prompts_per_step": 2, "samples_per_prompt": 4},
+        "eval_sets": [{"name": "arith", "generate": {"n": 100, "split": "test"}}], "eval": {"every": 3}})
+    root, results = tmp_path / "d", []
+    for method, ent in (("grpo", 0.1), ("srft", 0.5)):
+        for seed in (0, 1, 2):
+            run_dir = root / "runs" / f"{method}-s{seed}"
+            run_dir.mkdir(parents=True)
+            recs = [{"step": s, "entropy/on_policy": ent + (1.0 if s <= 4 else 0.01 * seed), "reward/mean": 0.1 * s,
+                     "completion/len_mean": 40.0 - s} for s in range(1, 7)]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            results.append({"method": method, "seed": seed, "status": "done", "curve": [
+                {"step": s, "wall_s": s, "evals": {"arith": {"accuracy": a}}}
+                for s, a in ((0, 0.4), (3, 0.5 + 0.01 * seed), (6, 0.6 + 0.01 * seed))]})
+    d = dynamics(results, cfg, root)
+    # steps 5 and 6 are the last third of 6: entropy ent + 0.01 seed, the 1.0 of steps <= 4 left out
+    assert d["late_entropy"]["srft"] == pytest.approx([0.5, 0.51, 0.52])
+    assert d["late_entropy"]["grpo"] == pytest.approx([0.1, 0.11, 0.12])
+    assert d["entropy_test"] == {"a": "srft", "b": "grpo", "p": pytest.approx(0.05), "verdict": "held"}
+    # 12 checkpoints (2 methods x 3 seeds x steps 3, 6): reward 0.3 / 0.6 rises with accuracy everywhere
+    rew, length = d["tracking"]["reward/mean"], d["tracking"]["completion/len_mean"]
+    assert rew["n"] == length["n"] == 12
+    assert rew["rho"] > 0.8 and rew["verdict"] == "did not hold"  # the reward does track the score here
+    assert length["rho"] == pytest.approx(-rew["rho"])  # length = 40 - step: the mirror image

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from duotune.analysis.compare_config import CompareConfig
-from duotune.analysis.intervals import bootstrap_interval, paired_bootstrap, verdict, wilson_interval
-from duotune.analysis.plots import accuracy_plots, mean_by_step, training_plots
+from duotune.analysis.intervals import (
+    bootstrap_interval,
+    paired_bootstrap,
+    permutation_greater,
+    spearman_interval,
+    verdict,
+    wilson_interval,
+)
+from duotune.analysis.plots import accuracy_plots, mean_by_step, read_metrics, training_plots
 from duotune.analysis.time_to_accuracy import (
     CurvePoint,
     default_target,
@@ -123,6 +130,43 @@ def seed_targets(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict
     return out
 
 
+def dynamics(results: list[dict[str, Any]], cfg: CompareConfig, root: Path) -> dict[str, Any]:
+    """The training signal against the benchmark (docs/protocol.md): each method's on-policy entropy
+    over the last third of its steps, seed by seed, with SRFT vs GRPO's exact permutation test (H3); and
+    Spearman's rho over checkpoints (every trained run's evaluated steps) between the training step's
+    mean response length, and its training reward, and accuracy on the main set (H7)."""
+    main = cfg.main_set()
+    done = [r for r in results if r["status"] == "done" and r["seed"] in cfg.seeds and r["method"] != "base"]
+    entropy: dict[str, list[float]] = {}
+    pairs: dict[str, tuple[list[float], list[float]]] = {"completion/len_mean": ([], []), "reward/mean": ([], [])}
+    for r in done:
+        recs = read_metrics(root / "runs" / f"{r['method']}-s{r['seed']}")
+        late = [x["entropy/on_policy"] for x in recs if "entropy/on_policy" in x
+                and x["step"] > 2 * cfg.budget.steps / 3]
+        if late:
+            entropy.setdefault(r["method"], []).append(statistics.fmean(late))
+        by_step = {x["step"]: x for x in recs}
+        for p in r["curve"]:
+            rec = by_step.get(p["step"], {})
+            for key, (xs, ys) in pairs.items():
+                if p["step"] > 0 and isinstance(rec.get(key), (int, float)) and main in p["evals"]:
+                    xs.append(float(rec[key]))
+                    ys.append(p["evals"][main]["accuracy"])
+    out: dict[str, Any] = {"late_entropy": entropy, "eval_set": main}
+    if "srft" in entropy and "grpo" in entropy:
+        p_hi = permutation_greater(entropy["srft"], entropy["grpo"])
+        p_lo = permutation_greater(entropy["grpo"], entropy["srft"])
+        out["entropy_test"] = {"a": "srft", "b": "grpo", "p": p_hi,
+                               "verdict": "held" if p_hi <= 0.05 else "did not hold" if p_lo <= 0.05
+                               else "inconclusive"}
+    out["tracking"] = {}
+    for key, (xs, ys) in pairs.items():
+        if len(xs) >= 3:  # the claim is "does not track": it holds when the interval of rho contains 0
+            rho = spearman_interval(xs, ys)
+            out["tracking"][key] = {**rho, "verdict": "held" if rho["low"] <= 0 <= rho["high"] else "did not hold"}
+    return out
+
+
 def mean_curves(results: list[dict[str, Any]], set_name: str) -> dict[str, list[CurvePoint]]:
     """Per method: accuracy and wall time averaged over seeds at each evaluated step."""
     done = [r for r in results if r["status"] == "done"]
@@ -153,6 +197,7 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
            "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
            "time_to_accuracy": tta, "seed_targets": seed_targets(results, cfg), "paired": paired(results, cfg),
+           "dynamics": dynamics(results, cfg, root),
            "plots": [str(p.relative_to(root)) for p in plots],
            "curves": {f"{r['method']}-s{r['seed']}": r["curve"] for r in done}}
     (root / "results.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -235,6 +280,21 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
                   "| A - B | eval set | difference [95 %] | A > B |", "|---|---|---|---|"]
         lines += [f"| {d['a']} - {d['b']} | {d['eval_set']} | {100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, "
                   f"{100 * d['high']:+.1f}] | {d['verdict']} |" for d in res["paired"]]
+    dyn = res.get("dynamics") or {}
+    if dyn.get("late_entropy"):
+        lines += ["", "## Training signal against the benchmark", "",
+                  "On-policy token entropy, mean over the last third of the steps, per seed:", "",
+                  "| method | late on-policy entropy (per seed) |", "|---|---|"]
+        lines += [f"| {m} | {', '.join(f'{v:.3f}' for v in vs)} |" for m, vs in dyn["late_entropy"].items()]
+        t = dyn.get("entropy_test")
+        if t:
+            lines += ["", f"{t['a']} above {t['b']} (exact permutation test over seeds, one-sided): p = {t['p']:.3f}, "
+                          f"{t['verdict']} (held needs p <= 0.05: at least 3 seeds a side)."]
+    for key, r in (dyn.get("tracking") or {}).items():
+        label = {"completion/len_mean": "response length", "reward/mean": "training reward"}.get(key, key)
+        lines += ["", f"Spearman rho between the step's {label} and `{dyn['eval_set']}` accuracy over {r['n']} "
+                      f"checkpoints: {r['rho']:+.2f} [95 %: {r['low']:+.2f}, {r['high']:+.2f}]; \"{label} does not "
+                      f"track the score\": {r['verdict']}."]
     failed = {m: e["errors"] for m, e in res["methods"].items() if e["status"] == "failed"}
     if failed:
         lines += ["", "## Failed", ""] + [f"- {m} (seed {s}): {err}" for m, errs in failed.items()
