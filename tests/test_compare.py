@@ -182,6 +182,7 @@ def test_config_errors_name_the_field(tmp_path):
         _cfg(tmp_path, "per_method={lufy: {steps: 3}}")
     with pytest.raises(ConfigError, match=r"pairs name \['srtf'\]"):
         _cfg(tmp_path, "methods=[base, sft, srft]", "pairs=[[srtf, sft]]")
+    assert _cfg(tmp_path, "methods=[base, sft]", "pairs=[[srft, sft]]").pairs == [("srft", "sft")]  # not run: left out
     with pytest.raises(ConfigError, match="exactly one of generate, benchmark, file"):
         _cfg(tmp_path, "eval_sets=[{name: x, benchmark: gsm8k, file: a.jsonl}]")
     cfg = _cfg(tmp_path, "methods=[base, nope]")

@@ -143,7 +143,8 @@ class CompareConfig(Cfg):
     pairs: list[tuple[str, str]] = Field([], description="paired differences A - B on the same items at the "
                                          "last step (claim: A > B), with 95 % bootstrap intervals over items "
                                          "and seeds and a verdict held / did not hold / inconclusive read off "
-                                         "the interval; [] = every trained method against base")
+                                         "the interval; pairs naming a method not run are left out; [] (or none left) = every trained method "
+                                         "against base")
     progress: bool = Field(True, description="show progress bars")
     keep_optimizer_state: bool = Field(False, description="keep a finished run's training state "
                                        "(optimizer moments, ~2x the model) and stage-<k>-init copies; by "
@@ -164,7 +165,8 @@ class CompareConfig(Cfg):
         bad = [f for f in self.target_fractions if not 0 < f <= 1]
         if bad:
             raise ValueError(f"target_fractions {bad}: each must be in (0, 1]")
-        unknown = sorted({m for pair in self.pairs for m in pair} - set(self.methods))
+        # As for per_method, names of the default list stay valid (a pair not run is left out).
+        unknown = sorted({m for pair in self.pairs for m in pair} - set(self.methods) - set(DEFAULT_METHODS))
         if unknown:
             raise ValueError(f"pairs name {unknown}, which are not in methods {self.methods}")
         extra = sorted(set(self.per_method) - set(self.methods) - set(DEFAULT_METHODS))

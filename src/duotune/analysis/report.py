@@ -84,7 +84,8 @@ def paired(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, 
     """`cfg.pairs` (default: every trained method against base) on every eval set: A - B on the same
     items, its 95 % bootstrap interval over items and seeds and the verdict on "A > B"."""
     done = [r for r in results if r["status"] == "done" and r["seed"] in cfg.seeds]
-    pairs = cfg.pairs or [(m, "base") for m in cfg.methods if m != "base"]
+    pairs = [p for p in cfg.pairs if set(p) <= set(cfg.methods)] or \
+        [(m, "base") for m in cfg.methods if m != "base"]
     out = []
     for a, b in pairs:
         for s in cfg.eval_sets:
