@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -90,6 +90,22 @@ class MethodSettings(Cfg):
     def teacher_spec(self) -> TeacherSpec | None:
         """The frozen teacher whose log-probs the step computes on the rollouts (distillation)."""
         return None
+
+
+class GroupMethodSettings(MethodSettings):
+    """Settings of a method that samples rollout groups and updates in PPO mini-batches. Its model
+    declares `advantage`, `adv_eps` and `ppo_mini_batches` (with its own defaults); `stats_field` names
+    its bool field that says whether demonstrations (or prefix rows) count in the group statistics,
+    None when they always do."""
+
+    stats_field: ClassVar[str | None] = None
+
+    def mini_batches(self) -> int:
+        return self.ppo_mini_batches
+
+    def group_stats(self) -> tuple[str, float, bool]:
+        demos = True if self.stats_field is None else getattr(self, self.stats_field)
+        return self.advantage, self.adv_eps, demos
 
 
 class PostUpdate(Protocol):

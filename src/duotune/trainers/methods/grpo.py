@@ -15,10 +15,10 @@ from pydantic import Field
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     masked_mean,
     policy_gradient,
 )
@@ -37,7 +37,7 @@ from duotune.trainers.methods.settings import (
 )
 
 
-class GRPOSettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
+class GRPOSettings(RolloutCorrectionSettings, GroupMethodSettings, ClipSettings):
     """GRPO: group advantages, PPO clip, KL controller fixed | adaptive | grpo_d."""
 
     advantage: AdvantageName = advantage_field("grpo")
@@ -53,12 +53,6 @@ class GRPOSettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
 
     def kl_term(self) -> Any:
         return self.kl
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, True
 
 
 class GRPODSettings(GRPOSettings):

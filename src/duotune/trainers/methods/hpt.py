@@ -21,10 +21,10 @@ from duotune.config import Cfg
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     masked_mean,
     policy_gradient,
 )
@@ -60,7 +60,7 @@ class SoftGate(Cfg):
 GateSettings = Annotated[SwitchGate | SoftGate, Field(discriminator="name"), _tagged("name", "switch")]
 
 
-class HPTSettings(MethodSettings, ClipSettings):
+class HPTSettings(GroupMethodSettings, ClipSettings):
     """HPT: the gate, the SFT coefficient and the release's RL core (no std, no clip, sum / L_max)."""
 
     gate: GateSettings = Field(default_factory=SwitchGate, description="{name: switch, gamma} | "
@@ -76,11 +76,6 @@ class HPTSettings(MethodSettings, ClipSettings):
     entropy_coef: float = Field(0.001, description="entropy bonus over the kept tokens (HPT: 0.001)")
     ppo_mini_batches: int = mini_batches_field()
 
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, True
 
     def clip_kwargs(self) -> dict[str, Any]:
         kw = super().clip_kwargs()

@@ -13,10 +13,10 @@ from duotune import algos
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     demo_metrics,
     masked_mean,
     rollout_corrected,
@@ -34,8 +34,10 @@ from duotune.trainers.methods.settings import (
 )
 
 
-class LuffySettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
+class LuffySettings(RolloutCorrectionSettings, GroupMethodSettings, ClipSettings):
     """LUFFY: defaults are the released script's (no std, no clip, sum / L_max, entropy 0.001)."""
+
+    stats_field = "demo_in_group_stats"
 
     advantage: AdvantageName = advantage_field("no_std")
     adv_eps: float = adv_eps_field()
@@ -50,12 +52,6 @@ class LuffySettings(RolloutCorrectionSettings, MethodSettings, ClipSettings):
                                          "(LUFFY: sum_over_lmax)")
     entropy_coef: float = Field(0.001, description="entropy bonus (LUFFY: 0.001)")
     ppo_mini_batches: int = mini_batches_field()
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, self.demo_in_group_stats
 
 
 def luffy_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> LossOut:

@@ -34,10 +34,10 @@ from duotune.rollout.prefix import PrefixPlan, demo_tokens, segment_bounds, solu
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     demo_metrics,
     masked_mean,
     policy_gradient,
@@ -196,8 +196,10 @@ def uft_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> L
 
 # ------------------------------------------------------------------ Prefix-RFT
 
-class PrefixRFTSettings(_PrefixMixin, MethodSettings, ClipSettings):
+class PrefixRFTSettings(_PrefixMixin, GroupMethodSettings, ClipSettings):
     """Prefix-RFT: Dr. GRPO (r - mean, sum / (N L_max), PPO clip) + entropy-selected prefix tokens."""
+
+    stats_field = "prefix_in_group_stats"
 
     advantage: AdvantageName = advantage_field("dr_grpo")
     adv_eps: float = adv_eps_field()
@@ -213,12 +215,6 @@ class PrefixRFTSettings(_PrefixMixin, MethodSettings, ClipSettings):
     ppo_mini_batches: int = mini_batches_field()
     prefix: PrefixSettings = Field(default_factory=PrefixSettings, description="hybrid rows: {rows 1, "
                                    "replace, cut tokens, schedule 0.95 -> 0.05}")
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, self.prefix_in_group_stats
 
 
 def prefix_rft_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> LossOut:
@@ -243,8 +239,10 @@ def prefix_rft_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | Non
 
 # ------------------------------------------------------------------ TRAPO
 
-class TRAPOSettings(_PrefixMixin, MethodSettings, ClipSettings):
+class TRAPOSettings(_PrefixMixin, GroupMethodSettings, ClipSettings):
     """TRAPO: released-script defaults (no std, no clip, sum / L_max, entropy 0.001, alpha 0.1)."""
+
+    stats_field = "prefix_in_group_stats"
 
     advantage: AdvantageName = advantage_field("no_std")
     adv_eps: float = adv_eps_field()
@@ -260,12 +258,6 @@ class TRAPOSettings(_PrefixMixin, MethodSettings, ClipSettings):
     ppo_mini_batches: int = mini_batches_field()
     prefix: TRAPOPrefix = Field(default_factory=TRAPOPrefix, description="hybrid rows: {rows 1, replace, "
                                 "cut tokens, constant fraction 0.5}")
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, self.prefix_in_group_stats
 
 
 def trapo_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> LossOut:

@@ -17,10 +17,10 @@ from duotune import algos
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     demo_metrics,
     masked_mean,
 )
@@ -34,8 +34,10 @@ from duotune.trainers.methods.settings import (
 )
 
 
-class RLPlusSettings(MethodSettings, ClipSettings):
+class RLPlusSettings(GroupMethodSettings, ClipSettings):
     """RL-PLUS: the mixture weight and exploration power, LUFFY-style aggregation and entropy."""
+
+    stats_field = "demo_in_group_stats"
 
     advantage: AdvantageName = advantage_field("no_std")
     adv_eps: float = adv_eps_field()
@@ -51,12 +53,6 @@ class RLPlusSettings(MethodSettings, ClipSettings):
                                          "sum / L_max)")
     entropy_coef: float = Field(0.001, description="entropy bonus (RL-PLUS: 0.001)")
     ppo_mini_batches: int = mini_batches_field()
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, self.demo_in_group_stats
 
 
 def rl_plus_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> LossOut:

@@ -17,17 +17,19 @@ from duotune import algos
 from duotune.trainers.methods.base import (
     DEMO_ENTRIES,
     METHODS,
+    GroupMethodSettings,
     LossInputs,
     LossOut,
     Method,
-    MethodSettings,
     demo_metrics,
 )
 from duotune.trainers.methods.settings import AdvantageName, adv_eps_field, advantage_field, mini_batches_field
 
 
-class SRFTSettings(MethodSettings):
+class SRFTSettings(GroupMethodSettings):
     """SRFT's coefficients (SPEC 6); the aggregation is SRFT's own (sum / L_max), not a setting."""
+
+    stats_field = "demo_in_group_stats"
 
     advantage: AdvantageName = advantage_field("no_std")
     adv_eps: float = adv_eps_field()
@@ -44,12 +46,6 @@ class SRFTSettings(MethodSettings):
     entropy_granularity: Literal["sequence", "token", "batch"] = Field(
         "sequence", description="entropy H in w_sft: per demo sequence (paper), per token, or batch")
     ppo_mini_batches: int = mini_batches_field()
-
-    def mini_batches(self) -> int:
-        return self.ppo_mini_batches
-
-    def group_stats(self) -> tuple[str, float, bool]:
-        return self.advantage, self.adv_eps, self.demo_in_group_stats
 
 
 def srft_loss(inp: LossInputs, logp: torch.Tensor, ent: torch.Tensor | None) -> LossOut:
