@@ -213,3 +213,15 @@ def test_per_method_stages_are_proportions_of_the_budget(tmp_path):
                "per_method={sft_then_grpo: {stages: [{method: sft, steps: 5}, {method: grpo, steps: 5}]}}")
     tcfg = method_config(cfg, "sft_then_grpo", "x.jsonl", 0, tmp_path)
     assert [(s.method, s.steps) for s in tcfg.stages] == [("sft", 2), ("grpo", 2)]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_comparison_plans_with_one_budget(path, tmp_path):
+    """Each configs/compare/*.yaml loads, names only runnable pairs, and every method's recipe resolves
+    under its budget (the cross-method budget check of `plan` passes) without training anything."""
+    from duotune.analysis.plan import plan
+
+    cfg = load_config(CompareConfig, path, [f"recipes={ROOT / 'configs'}", "seeds=[0, 1]"])
+    configs = plan(cfg, str(tmp_path / "train.jsonl"), tmp_path / "runs")
+    assert set(configs) == set(cfg.methods) - {"base"} and all(len(c) == 2 for c in configs.values())
+    assert {m for pair in cfg.pairs for m in pair} <= set(cfg.methods)
