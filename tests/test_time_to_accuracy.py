@@ -90,4 +90,22 @@ def test_report_seed_targets_by_hand():
     assert t50["ratio"]["claim"] == 2.28 and t50["ratio"]["verdict"] == "inconclusive"
     assert t90["methods"]["srft"] == {"reached": 1, "seeds": 2, "mean_wall_s": 110.0}
     assert t90["ratio"]["censored"] == ["denominator"]
+    # a censored denominator makes the ratio an upper bound: it can refute the claim, never confirm it
+    assert t90["ratio"]["high"] < 2.28 or t90["ratio"]["verdict"] == "inconclusive"
     assert seed_targets([r for r in results if r["method"] != "base"], cfg) == []
+
+
+def test_claim_verdict_respects_censoring():
+    """Ratio interval [3, 4] against a claim of 2.28: held when uncensored or when only the numerator is
+    censored (the true ratio is even larger); inconclusive when the denominator is (it may be smaller)
+    or both are. [1, 2]: did not hold unless the numerator is censored (it may be larger)."""
+    from duotune.analysis.report import claim_verdict
+
+    assert claim_verdict(3.0, 4.0, [], 2.28) == "held"
+    assert claim_verdict(3.0, 4.0, ["numerator"], 2.28) == "held"
+    assert claim_verdict(3.0, 4.0, ["denominator"], 2.28) == "inconclusive"
+    assert claim_verdict(3.0, 4.0, ["numerator", "denominator"], 2.28) == "inconclusive"
+    assert claim_verdict(1.0, 2.0, [], 2.28) == "did not hold"
+    assert claim_verdict(1.0, 2.0, ["denominator"], 2.28) == "did not hold"
+    assert claim_verdict(1.0, 2.0, ["numerator"], 2.28) == "inconclusive"
+    assert claim_verdict(2.0, 3.0, [], 2.28) == "inconclusive"

@@ -96,6 +96,16 @@ def paired(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, 
     return out
 
 
+def claim_verdict(low: float, high: float, censored: list[str], claim: float) -> str:
+    """"numerator / denominator >= claim" from the ratio's interval. A censored numerator (a run never
+    reached the target) makes the ratio a lower bound, so only `held` can be read; a censored
+    denominator makes it an upper bound, so only `did not hold`; both: inconclusive."""
+    v = verdict(low - claim, high - claim)
+    if v == "held" and "denominator" in censored or v == "did not hold" and "numerator" in censored:
+        return "inconclusive"
+    return v
+
+
 def seed_targets(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, Any]]:
     """Per `cfg.target_fractions` target: each trained method's training seconds to it, seed by seed
     (censored at the run's end when never reached), and the ratio[0] / ratio[1] ratio of mean times with
@@ -126,7 +136,7 @@ def seed_targets(results: list[dict[str, Any]], cfg: CompareConfig) -> list[dict
             entry["ratio"] = {"numerator": cfg.ratio[0], "denominator": cfg.ratio[1], **r}
             if tuple(cfg.ratio) == ("sft_then_grpo", "srft"):
                 entry["ratio"]["claim"] = SRFT_SPEEDUP
-                entry["ratio"]["verdict"] = verdict(r["low"] - SRFT_SPEEDUP, r["high"] - SRFT_SPEEDUP)
+                entry["ratio"]["verdict"] = claim_verdict(r["low"], r["high"], r["censored"], SRFT_SPEEDUP)
         out.append(entry)
     return out
 
