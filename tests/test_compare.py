@@ -35,13 +35,13 @@ def test_three_methods_end_to_end_write_every_file(compared):
         assert (root / name).is_file(), name
     for stem in ("accuracy_arith_vs_steps", "accuracy_arith_vs_wall", "accuracy_arith_l2_vs_steps",
                  "reward", "entropy_all", "entropy_on_policy", "response_length", "kl_trainer",
-                 "srft_weights", "kl_to_initial", "dynamics_map"):
+                 "srft_weights", "kl_to_initial", "dynamics_map", "intervals_arith", "intervals_arith_l2"):
         assert (root / "plots" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", stem
     # GRPO-D's schedule panel is drawn only for GRPO-D runs (grpo_d failed here; grpo's constant
     # beta is no schedule)
     assert not (root / "plots" / "grpo_d_beta.png").exists()
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(res["plots"]) == 12
+    assert html.count("data:image/png;base64,") == len(res["plots"]) == 14
     assert "<table>" in html and "<pre>" not in html and "| method |" not in html  # rendered, not raw
     md = (root / "report.md").read_text()
     for m in ["base", *TRAINED]:

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes (one torch thread each when > 1); each takes the next method "
                         "no other worker has taken")
+    p.add_argument("--engine", choices=["hf", "vllm", "auto"], default=None,
+                   help="rollout engine of every method (default: the config's, hf in configs/compare/demo.yaml: "
+                        "measured faster than vLLM at the demo's size; auto = vLLM where installed)")
     p.add_argument("--output-dir", default="runs", help="parent folder of the demo folder")
     p.add_argument("--run-dir", default=None, help="continue this demo folder instead of a fresh one")
     p.add_argument("--worker", default=None, metavar="K", help=argparse.SUPPRESS)
@@ -52,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_config(args: argparse.Namespace, root: Path) -> CompareConfig:
     # The method recipes are the repository's unless overridden, whatever the working directory.
-    return load_config(CompareConfig, args.config, [f"recipes={REPO_ROOT / 'configs'}", *args.overrides,
-                                                    f"output_dir={root.parent}", f"name={root.name}"])
+    cfg = load_config(CompareConfig, args.config, [f"recipes={REPO_ROOT / 'configs'}", *args.overrides,
+                                                   f"output_dir={root.parent}", f"name={root.name}"])
+    if args.engine:
+        cfg = cfg.model_copy(update={"common": {**cfg.common, "rollout.engine": args.engine}})
+    return cfg
 
 
 def queue_order(methods: Sequence[str]) -> list[str]:
@@ -124,7 +130,7 @@ def _run_workers(args: argparse.Namespace, cfg: CompareConfig, root: Path) -> li
     for k in range(min(args.jobs, len(queue))):
         log = (root / "logs" / f"worker-{k}.log").open("w")
         cmd = [sys.executable, "-m", "duotune.demo", "--worker", str(k), "--config", args.config,
-               "--run-dir", str(root), *args.overrides]
+               "--run-dir", str(root), *(["--engine", args.engine] if args.engine else []), *args.overrides]
         procs.append(([], subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     out, last, t0 = {}, "", time.time()
     try:

@@ -186,3 +186,29 @@ def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                   "global step", "KL per token (nats)", out_dir / "kl_to_initial.png",
                   colors={m: method_color(m) for m in runs})
     return paths + ([p] if p else [])
+
+
+def interval_plot(methods: dict[str, dict[str, Any]], set_name: str, out: Path) -> Path | None:
+    """Final accuracy (%) per method on `set_name` as a point with its 95 % interval (the summary's
+    `ci95`: bootstrap over items and seeds) and each seed as a small mark, sorted by the mean, the base
+    model as a dashed reference line. None when no method has an interval on that set."""
+    rows = [(m, e["final"][set_name], e["ci95"][set_name]) for m, e in methods.items()
+            if set_name in e.get("ci95", {}) and set_name in e.get("final", {})]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[1]["mean"])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
+    for y, (m, s, (lo, hi)) in enumerate(rows):
+        c = method_color(m)
+        ax.plot([100 * lo, 100 * hi], [y, y], color=c, lw=2.5, solid_capstyle="butt")
+        ax.plot(100 * s["mean"], y, "o", color=c, ms=6, mec="black", mew=0.6)
+        ax.plot([100 * v for v in s["per_seed"]], [y] * len(s["per_seed"]), "|", color="black", ms=9)
+        if m == "base":
+            ax.axvline(100 * s["mean"], color="0.35", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_title(f"{set_name}: accuracy at the last step (mean, seeds |, 95 % bootstrap)", fontsize=10)
+    ax.set_xlabel("accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, out)

@@ -24,7 +24,7 @@ from duotune.analysis.intervals import (
     verdict,
     wilson_interval,
 )
-from duotune.analysis.plots import accuracy_plots, mean_by_step, read_metrics, training_plots
+from duotune.analysis.plots import accuracy_plots, interval_plot, mean_by_step, read_metrics, training_plots
 from duotune.analysis.time_to_accuracy import (
     CurvePoint,
     default_target,
@@ -205,6 +205,8 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
         plots.append(plot_map({r["method"]: r["curve"] for r in seed0}, tuple(cfg.map.references[:2]),
                               plots_dir / "dynamics_map.png"))
     summary = summarize(results, cfg)
+    plots += [p for p in (interval_plot(summary, s.name, plots_dir / f"intervals_{s.name}.png") for s in cfg.eval_sets)
+              if p is not None]
     out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
            "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
            "time_to_accuracy": tta, "seed_targets": seed_targets(results, cfg), "paired": paired(results, cfg),
