@@ -38,6 +38,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_rows(path: str | Path, records: Iterable[dict[str, Any]], *, ensure_ascii: bool = True) -> None:
+    """Write `records` as a whole JSONL file atomically (a temporary file renamed over `path`), so a
+    reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(b"".join(json.dumps(r, ensure_ascii=ensure_ascii).encode("utf-8") + b"\n" for r in records))
+    os.replace(tmp, path)
+
+
 def repair_tail(path: str | Path) -> int:
     """Cut a torn last line (the bytes after the final newline) from `path`; returns the bytes cut."""
     path = Path(path)
@@ -119,7 +128,5 @@ def keep(path: str | Path, predicate: Callable[[dict[str, Any]], bool]) -> int:
     data = path.read_bytes()
     if len(kept) == len(records) and (not data or data.endswith(b"\n")):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(b"".join(json.dumps(r).encode("utf-8") + b"\n" for r in kept))
-    os.replace(tmp, path)
+    write_rows(path, kept)
     return len(records) - len(kept)

@@ -13,7 +13,6 @@ teacher and the program, the settings). Imports torch and the models lazily (ins
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +71,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(path)
+    jsonl.write_rows(path, kept, ensure_ascii=False)
 
     def mean(v: list[int]) -> float | None:
         return sum(v) / len(v) if v else None

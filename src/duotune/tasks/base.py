@@ -8,7 +8,6 @@ Imports PIL, `duotune.data.example`, `duotune.errors`, `duotune.registry` only (
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from duotune import jsonl
 from duotune.data.example import Example
 from duotune.errors import ConfigError, UnknownNameError
 from duotune.registry import Registry
@@ -256,9 +256,5 @@ def write_task(task: str, n: int, seed: int, out_dir: str | Path, split: str = "
             (out / row["image"]).parent.mkdir(exist_ok=True)
             image.save(out / row["image"], format="PNG")
     path = out / "data.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row, _ in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)  # a reader never sees a half-written file
+    jsonl.write_rows(path, (row for row, _ in rows), ensure_ascii=False)
     return path
