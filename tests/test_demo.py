@@ -71,8 +71,6 @@ def test_gsm8k_demo_writes_its_run_folder_and_continues_it_without_retraining(tm
 def test_demo_runs_on_hf_by_default_and_engine_flag_overrides(tmp_path):
     """configs/compare/demo.yaml pins transformers generate (measured faster at the demo's size);
     `--engine` replaces it for every method, workers included."""
-    import argparse
-
     from duotune.analysis.compare_config import CompareConfig
     from duotune.config import load_config
     from duotune.demo import _parser, demo_config
@@ -80,5 +78,4 @@ def test_demo_runs_on_hf_by_default_and_engine_flag_overrides(tmp_path):
     assert load_config(CompareConfig, ROOT / "configs" / "compare" / "demo.yaml", []).common["rollout.engine"] == "hf"
     args = _parser().parse_args(["--engine", "auto"])
     assert demo_config(args, tmp_path / "d").common["rollout.engine"] == "auto"
-    args = _parser().parse_args([])
-    assert isinstance(args, argparse.Namespace) and demo_config(args, tmp_path / "d").common["rollout.engine"] == "hf"
+    assert demo_config(_parser().parse_args([]), tmp_path / "d").common["rollout.engine"] == "hf"
