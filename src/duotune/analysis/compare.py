@@ -81,8 +81,8 @@ def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float, 
 
     t0 = time.perf_counter()
     point: dict[str, Any] = {"step": step, "wall_s": train_wall,
-                             "evals": score(bundle, ctx.sets, ctx.cfg.eval, seed, label=f"{method}-s{seed} step {step}",
-                                           progress=ctx.cfg.progress)}
+                             **score(bundle, ctx.sets, ctx.cfg.eval, seed, label=f"{method}-s{seed} step {step}",
+                                     progress=ctx.cfg.progress)}
     if step > 0:
         main = next(s for s in ctx.sets if s.name == ctx.cfg.main_set())
         point["kl_to_initial"] = kl_to_initial(bundle, ctx.initial(), main.examples, ctx.cfg.eval, seed)

@@ -87,7 +87,12 @@ class EvalProtocolCfg(Cfg):
     temperature: float = Field(0.0, ge=0, description="decoding temperature (0 = greedy)")
     n: int = Field(1, ge=1, description="samples per item (accuracy = mean over samples)")
     max_new_tokens: int = Field(256, ge=1, description="decode length")
-    batch_size: int = Field(16, ge=1, description="sequences per generate call")
+    batch_size: int = Field(16, ge=1, description="sequences per generate call (hf engine)")
+    engine: Literal["hf", "vllm", "auto"] = Field(
+        "hf", description="sampler of the evaluation: hf (transformers generate), vllm (an in-process "
+        "engine started for each evaluation from the in-memory weights, closed after it), auto = vllm "
+        "when it is installed and serves the model, else hf. Every method of a comparison is scored "
+        "by the same engine; each curve point records which one in `eval_engine`")
     kl_probe: int = Field(8, ge=0, description="prompts sampled (T=1) at every evaluation to estimate "
                                                "KL(policy || initial model); 0 = off")
 

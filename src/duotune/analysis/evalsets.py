@@ -65,39 +65,49 @@ def _prepend(prompt: list[dict[str, Any]], shots: list[dict[str, str]]) -> list[
 
 
 def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int, *, label: str = "",
-          progress: bool = False) -> dict[str, dict[str, float]]:
+          progress: bool = False) -> dict[str, Any]:
     """Accuracy (mean score over items x samples), mean length, truncated share per eval set, and
     `per_item`: each item's score (mean over its samples) in the set's order, which paired comparisons
     between methods scored on the same items read; with `progress` a bar per set named
-    `eval <label> <set>` advances after each generate batch."""
+    `eval <label> <set>` (the hf engine advances it after each generate batch, vllm once per set).
+    Sampled by `proto.engine` (`rollout.choose_sampler`); `eval_engine` in the result is its line."""
+    from duotune.rollout import SamplingParams, choose_sampler, close_sampler
+
+    sampler, line = choose_sampler(bundle, proto.engine, batch_size=proto.batch_size, setting="eval.engine")
+    params = SamplingParams(n=proto.n, temperature=proto.temperature, max_new_tokens=proto.max_new_tokens,
+                            seed=seed)
+    try:
+        out: dict[str, Any] = {s.name: _score_set(sampler, s, params, label, progress) for s in sets}
+    finally:
+        close_sampler(sampler)
+    return {"evals": out, "eval_engine": line}
+
+
+def _score_set(sampler: Any, s: EvalSet, params: Any, label: str, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from duotune.eval import grade
-    from duotune.rollout import HFSampler, SamplingParams
 
-    sampler = HFSampler(bundle, batch_size=proto.batch_size)
-    params = SamplingParams(n=proto.n, temperature=proto.temperature, max_new_tokens=proto.max_new_tokens,
-                            seed=seed)
-    out: dict[str, dict[str, float]] = {}
-    for s in sets:
-        with tqdm(total=len(s.examples) * proto.n, desc=" ".join(p for p in ("eval", label, s.name) if p),
-                  unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(s.examples) * params.n, desc=" ".join(p for p in ("eval", label, s.name) if p),
+              unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+        if hasattr(sampler, "on_chunk"):
             sampler.on_chunk = bar.update  # after each generate batch, with its number of sequences
-            completions = sampler.sample(s.examples, params)
-        flat = [(i, ex, c) for i, (ex, comps) in enumerate(zip(s.examples, completions)) for c in comps]
-        item_sum = [0.0] * len(s.examples)
-        for kind in ("math", "mcq"):  # one batched call per grading kind
-            part = [(i, ex, c) for i, ex, c in flat if (ex.reward_type == "mcq") == (kind == "mcq")]
-            graded = grade(kind, [c.text for _, _, c in part], [ex.answer or "" for _, ex, _ in part])
-            for (i, _, _), (_, sc) in zip(part, graded):
-                item_sum[i] += sc or 0.0  # None (ungradable gold) counts as wrong
-        k = max(1, len(flat))
-        out[s.name] = {"accuracy": sum(item_sum) / k,
-                       "mean_length": sum(len(c.token_ids) for _, _, c in flat) / k,
-                       "truncated_fraction": sum(c.finish_reason == "length" for _, _, c in flat) / k,
-                       "items": float(len(s.examples)),
-                       "per_item": [v / proto.n for v in item_sum]}
-    return out
+        completions = sampler.sample(s.examples, params)
+        bar.n = bar.total
+        bar.refresh()
+    flat = [(i, ex, c) for i, (ex, comps) in enumerate(zip(s.examples, completions)) for c in comps]
+    item_sum = [0.0] * len(s.examples)
+    for kind in ("math", "mcq"):  # one batched call per grading kind
+        part = [(i, ex, c) for i, ex, c in flat if (ex.reward_type == "mcq") == (kind == "mcq")]
+        graded = grade(kind, [c.text for _, _, c in part], [ex.answer or "" for _, ex, _ in part])
+        for (i, _, _), (_, sc) in zip(part, graded):
+            item_sum[i] += sc or 0.0  # None (ungradable gold) counts as wrong
+    k = max(1, len(flat))
+    return {"accuracy": sum(item_sum) / k,
+            "mean_length": sum(len(c.token_ids) for _, _, c in flat) / k,
+            "truncated_fraction": sum(c.finish_reason == "length" for _, _, c in flat) / k,
+            "items": float(len(s.examples)),
+            "per_item": [v / params.n for v in item_sum]}
 
 
 def kl_to_initial(bundle: Any, initial: Any, examples: list[Example], proto: EvalProtocolCfg,

@@ -6,11 +6,11 @@
 `build_groups` adds group ids, demo members and truncation flags; `collate` makes [N, L] tensors.
 """
 
-from duotune.rollout.engine import build_sampler, close_sampler, sync_weights, vllm_support
+from duotune.rollout.engine import build_sampler, choose_sampler, close_sampler, sync_weights, vllm_support
 from duotune.rollout.groups import CollatedBatch, Rollout, build_groups, collate
 from duotune.rollout.prompts import EncodedPrompt, PromptEncoder
 from duotune.rollout.sampler import Completion, HFSampler, Sampler, SamplingParams
 
 __all__ = ["CollatedBatch", "Completion", "EncodedPrompt", "HFSampler", "PromptEncoder", "Rollout",
-           "Sampler", "SamplingParams", "build_groups", "build_sampler", "close_sampler", "collate",
+           "Sampler", "SamplingParams", "build_groups", "build_sampler", "choose_sampler", "close_sampler", "collate",
            "sync_weights", "vllm_support"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,26 +84,39 @@ def build_sampler(bundle: Any, cfg_rollout: Any, *, seed: int = 0, sharded: bool
     vllm raises ConfigError instead. sharded: FSDP2/DeepSpeed hold the policy in pieces on the ranks,
     which the colocated engine's weight push (whole tensors) does not handle yet.
     """
-    engine = cfg_rollout.engine
+    return choose_sampler(bundle, cfg_rollout.engine, batch_size=cfg_rollout.batch_size,
+                          make_vllm=lambda: _vllm_sampler(bundle, cfg_rollout, seed), sharded=sharded)
+
+
+def choose_sampler(bundle: Any, engine: str, *, batch_size: int, make_vllm: Callable[[], Any] | None = None,
+                   sharded: bool = False, setting: str = "rollout.engine") -> tuple[Any, str]:
+    """`build_sampler` without the trainer's settings: `engine` auto|hf|vllm, the HF sampler's
+    `batch_size`, and `make_vllm()` starting the vLLM sampler (default: `VLLMSampler`'s own defaults,
+    seed 0). `setting` names the config key in the reason line and in errors (the evaluation's
+    `eval.engine` uses this too)."""
     if engine not in ("auto", "hf", "vllm"):
-        raise ConfigError(f"rollout.engine must be auto, hf or vllm (got {engine!r})")
+        raise ConfigError(f"{setting} must be auto, hf or vllm (got {engine!r})")
 
     def hf(why: str) -> tuple[Any, str]:
-        sampler = HFSampler(bundle, batch_size=cfg_rollout.batch_size,
-                            suppress_tokens=bundle.vision_token_ids or None)
-        return sampler, f"rollout engine: hf ({why})"
+        sampler = HFSampler(bundle, batch_size=batch_size, suppress_tokens=bundle.vision_token_ids or None)
+        return sampler, f"{setting.split('.')[0]} engine: hf ({why})"
 
     if engine == "hf":
-        return hf("rollout.engine=hf")
+        return hf(f"{setting}=hf")
     ok, why = vllm_support(bundle)
     if ok and sharded:
         ok, why = False, "the policy is sharded (FSDP2/DeepSpeed) and the weight push needs whole tensors"
     if not ok:
         if engine == "vllm":
-            raise ConfigError(f"rollout.engine=vllm: {why}; use rollout.engine=hf or auto")
+            raise ConfigError(f"{setting}=vllm: {why}; use {setting}=hf or auto")
         return hf(f"auto: {why}")
+    if make_vllm is None:
+        def make_vllm() -> Any:
+            from duotune.rollout.vllm import VLLMSampler
+
+            return VLLMSampler(bundle, suppress_tokens=bundle.vision_token_ids or None)
     try:
-        sampler = _vllm_sampler(bundle, cfg_rollout, seed)
+        sampler = make_vllm()
     except ConfigError:
         raise
     except Exception as err:  # auto: an engine that cannot start must not stop the run
@@ -110,7 +124,7 @@ def build_sampler(bundle: Any, cfg_rollout: Any, *, seed: int = 0, sharded: bool
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return hf(f"auto: the vLLM engine failed to start: {type(err).__name__}: {first}")
-    return sampler, f"rollout engine: vllm ({'auto: ' if engine == 'auto' else ''}{why})"
+    return sampler, f"{setting.split('.')[0]} engine: vllm ({'auto: ' if engine == 'auto' else ''}{why})"
 
 
 def sync_weights(sampler: Any, model: Any) -> dict[str, float]:
