@@ -228,3 +228,16 @@ def test_every_shipped_comparison_plans_with_one_budget(path, tmp_path):
     configs = plan(cfg, str(tmp_path / "train.jsonl"), tmp_path / "runs")
     assert set(configs) == set(cfg.methods) - {"base"} and all(len(c) == 2 for c in configs.values())
     assert {m for pair in cfg.pairs for m in pair} <= set(cfg.methods)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_comparison_can_generate_its_sets(path):
+    """Every generated set of a shipped comparison fits its task's item space: n distinct items (a
+    level-1 arithmetic test split holds only 332, so 400 of them cannot be drawn)."""
+    from duotune.tasks.base import make_rows
+
+    cfg = load_config(CompareConfig, path, [f"recipes={ROOT / 'configs'}"])
+    sources = [cfg.data.generate] + [s.generate for s in cfg.eval_sets]
+    for src in (s for s in sources if s is not None):
+        rows = make_rows(src.task, src.n, src.seed, src.split, **src.params)
+        assert len(rows) == src.n

@@ -107,3 +107,18 @@ def test_deterministic_by_seed_and_split():
         make_rows("arithmetic", 1, 0, split="dev")
     with pytest.raises(ConfigError, match="level"):
         make_rows("arithmetic", 1, 0, level=4)
+
+
+def test_max_constant_widens_the_item_space_and_keeps_the_default_stream():
+    # The default (20) draws the same rows as before the parameter existed: old comparisons reproduce.
+    assert make_rows("arithmetic", 40, seed=2, max_constant=20) == make_rows("arithmetic", 40, seed=2)
+    space = [expression_key([(a, b)], c) for a in range(2, 10) for b in range(2, 10) for c in range(1, 51)]
+    n_test = sum(split_of(k) == "test" for k in space)
+    assert n_test >= 800  # vs 332 at 1-20: room for a 400-item ID set (docs/protocol.md)
+    test = make_rows("arithmetic", n_test, seed=0, split="test", max_constant=50)
+    consts = [r["constant"] for r, _ in test]
+    assert len({r["key"] for r, _ in test}) == n_test and min(consts) == 1 and max(consts) == 50
+    with pytest.raises(ConfigError, match=f"after {n_test} rows"):
+        make_rows("arithmetic", n_test + 1, seed=0, split="test", max_constant=50)
+    with pytest.raises(ConfigError, match="max_constant"):
+        make_rows("arithmetic", 1, 0, max_constant=0)

@@ -1,5 +1,7 @@
 """Shared pieces of the vision studies: scale presets, generated train/test splits, running a recipe
-with the study's overrides, greedy held-out evaluation, and markdown/JSON table writing.
+with the study's overrides and seed, greedy held-out evaluation with per-item scores, bootstrap
+interval cells and paired claim rows (`analysis.intervals`), the KL-schedule check, and markdown/JSON
+table writing.
 
 Imports duotune's tasks, data, trainers, rollout, rewards and models; never the CLI.
 """
@@ -47,6 +49,7 @@ class Scale:
     tower_images: int = 0   # stage 1 of the warm-up (studies.tower): generated scenes, steps of 64, lr
     tower_steps: int = 0    # (0 steps: no tower pre-training, the SFT starts from the random tower)
     tower_lr: float = 1e-3
+    seeds: int = 1          # every arm runs with run.seed 0 .. seeds-1 (one shared warm-up)
 
 
 SCALES = {
@@ -62,6 +65,11 @@ SCALES = {
     # (0 %), at 1e-5 it held 48 % (README, vision studies).
     "cpu": Scale("cpu", "smollm2-vision", 112, 1500, 120, 400, 48, 6, 4, 4, 128, 160, 3e-4, 1e-5, 1e-6,
                  16000, 1500),
+    # docs/protocol.md (issue 20 item 5): the cpu scale's warm-up and learning rates, 10x its RL steps
+    # (60) so GRPO-D's schedule can act, 400 held-out items per task (0.25 points each; the VLAA mixed
+    # split 200 per type) and 3 seeds. About a minute per GRPO step here: many hours on 2 cores.
+    "protocol": Scale("protocol", "smollm2-vision", 112, 1500, 120, 400, 400, 60, 4, 4, 128, 160, 3e-4, 1e-5,
+                      1e-6, 16000, 1500, seeds=3),
 }
 
 
@@ -86,8 +94,10 @@ def get_scale(name: str | Scale, **overrides: Any) -> Scale:
 
 def add_scale_args(p: argparse.ArgumentParser) -> None:
     """The study CLIs' --scale and the overrides of its most-tuned fields."""
-    p.add_argument("--scale", default="cpu", help="tiny | cpu (see duotune.studies.common.SCALES)")
+    p.add_argument("--scale", default="cpu", help="tiny | cpu | protocol (see duotune.studies.common.SCALES)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps of every arm (default: the scale's)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm, run.seed 0..N-1 (default: the "
+                   "scale's: 1, protocol 3)")
     p.add_argument("--sft-lr", type=float, default=None, help="learning rate of SFT arms and stages "
                    "(default: the scale's)")
     p.add_argument("--rl-lr", type=float, default=None, help="learning rate of RL arms and stages "
@@ -95,7 +105,7 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
 
 
 def scale_from_args(args: argparse.Namespace) -> Scale:
-    return get_scale(args.scale, steps=args.steps, sft_lr=args.sft_lr, rl_lr=args.rl_lr)
+    return get_scale(args.scale, steps=args.steps, sft_lr=args.sft_lr, rl_lr=args.rl_lr, seeds=args.seeds)
 
 
 def check_names(kind: str, given: tuple[str, ...], valid: Any) -> tuple[str, ...]:
@@ -139,11 +149,71 @@ def run_recipe(recipe: str | Path, overrides: list[str]) -> tuple[Any, float]:
     return result, time.perf_counter() - t0
 
 
-def scale_overrides(scale: Scale, model: str, out: Path, name: str, train: Path, lr: float) -> list[str]:
+def scale_overrides(scale: Scale, model: str, out: Path, name: str, train: Path, lr: float,
+                    seed: int = 0) -> list[str]:
     return [f"model={model}", f"steps={scale.steps}", f"prompts_per_step={scale.prompts_per_step}",
             f"data.train={train}", f"rollout.group_size={scale.group_size}",
             f"rollout.max_completion_length={scale.max_completion_length}", f"optim.lr={lr}",
-            f"run.output_dir={out}", f"run.name={name}", "run.resume=never", "run.progress=false"]
+            f"run.output_dir={out}", f"run.name={name}", f"run.seed={seed}", "run.resume=never",
+            "run.progress=false"]
+
+
+def seeded(name: str, seed: int) -> str:
+    """A run's name with its seed, e.g. `counting-grpo_d-s1` (results, run folders)."""
+    return f"{name}-s{seed}"
+
+
+def per_seed(results: dict[str, Any], name: str, seeds: int, test: str | None = None) -> list[dict[str, Any]]:
+    """The evaluation of run `name` on `test` (or its only evaluation), one per seed; the base model
+    (`name` = "base", trained by no one) is one evaluation for every seed."""
+    runs = [results["base"]] if name == "base" else [results[seeded(name, s)] for s in range(seeds)]
+    return [r[test] if test is not None else r for r in runs]
+
+
+def items_of(evals: list[dict[str, Any]], keep: list[int] | None = None) -> list[list[float]]:
+    """Seeds x items scores (`per_item`), optionally only the item indices `keep`."""
+    return [[e["per_item"][i] for i in keep] if keep is not None else e["per_item"] for e in evals]
+
+
+def interval_cell(evals: list[dict[str, Any]], keep: list[int] | None = None) -> str:
+    """"mean [low, high]" in %: the bootstrap 95 % interval over items and seeds
+    (`analysis.intervals.bootstrap_interval`); the mean alone for records without per-item scores."""
+    from duotune.analysis.intervals import bootstrap_interval
+
+    if not all("per_item" in e for e in evals):
+        return pct(sum(e["accuracy"] for e in evals) / len(evals))
+    mean, lo, hi = bootstrap_interval(items_of(evals, keep))
+    return f"{pct(mean)} [{pct(lo)}, {pct(hi)}]"
+
+
+def paired_row(claim: str, where: str, a: list[dict[str, Any]], b: list[dict[str, Any]],
+               keep: list[int] | None = None) -> list[str]:
+    """[claim, where, A - B in points, its 95 % interval, verdict] for the claim "A > B", paired on the
+    same held-out items (`analysis.intervals.paired_bootstrap`)."""
+    from duotune.analysis.intervals import paired_bootstrap
+
+    d = paired_bootstrap(items_of(a, keep), items_of(b, keep))
+    return [claim, where, f"{100 * d['diff']:+.1f}", f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
+            d["verdict"]]
+
+
+CLAIM_HEADER = ["claim (A > B)", "where", "A - B (points)", "95 % interval", "verdict"]
+
+
+def schedule_check(metrics: Path, steps: int) -> dict[str, Any]:
+    """Did a run's KL term act? kl/beta and per-token kl/mean at a third, two thirds and the end of
+    training, and the share beta * KL / |policy loss| averaged over the steps (docs/protocol.md: below
+    1 % the schedule did not act). None entries where the run logged no KL."""
+    from duotune.trainers.metrics import read_metrics
+
+    recs = [r for r in read_metrics(metrics) if isinstance(r.get("kl/mean"), (int, float))] if metrics.is_file() else []
+    at = sorted({max(1, round(steps * f)) for f in (1 / 3, 2 / 3, 1.0)})
+    by_step = {int(r["step"]): r for r in recs}
+    points = {str(s): {k: by_step[s].get(k) for k in ("kl/beta", "kl/mean")} if s in by_step else None for s in at}
+    term = [r["kl/beta"] * r["kl/mean"] for r in recs if isinstance(r.get("kl/beta"), (int, float))]
+    loss = [abs(r["loss/pg"]) for r in recs if isinstance(r.get("loss/pg"), (int, float))]
+    share = (sum(term) / len(term)) / (sum(loss) / len(loss)) if term and loss and sum(loss) > 0 else None
+    return {"at": points, "kl_share": share, "acted": share is not None and share >= 0.01}
 
 
 def evaluate_examples(bundle: Any, examples: list[Example], reward: str, max_new_tokens: int,
@@ -153,7 +223,8 @@ def evaluate_examples(bundle: Any, examples: list[Example], reward: str, max_new
     from duotune.rewards import get_reward
     from duotune.rollout import HFSampler, SamplingParams
 
-    sampler = HFSampler(bundle, batch_size=len(examples), suppress_tokens=bundle.vision_token_ids or None)
+    # at most 64 sequences a generate call: 400 items at once would need ~17 GB of KV cache
+    sampler = HFSampler(bundle, batch_size=min(64, len(examples)), suppress_tokens=bundle.vision_token_ids or None)
     comps = [c[0] for c in sampler.sample(examples, SamplingParams(n=1, temperature=0.0,
                                                                      max_new_tokens=max_new_tokens))]
     texts = [c.text for c in comps]
@@ -164,6 +235,7 @@ def evaluate_examples(bundle: Any, examples: list[Example], reward: str, max_new
     for ex, s in zip(examples, scores):
         by_type.setdefault(str(ex.reward_type), []).append(s)
     return {"accuracy": sum(scores) / len(scores), "format": sum(fmt) / len(fmt), "items": len(scores),
+            "per_item": scores, "types": [str(ex.reward_type) for ex in examples],
             "mean_length": sum(len(c.token_ids) for c in comps) / len(comps),
             "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
             "samples": [{"id": ex.id, "gold": ex.answer, "completion": t, "score": s}

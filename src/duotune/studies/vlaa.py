@@ -1,9 +1,12 @@
 """VLAA-Thinking study (SPEC 3, issue 7 item 4): one mixed dataset (counting -> digit, geometry -> math,
 counting_mcq -> mcq, grounding -> iou) trained with the `mixed` reward; GRPO alone vs SFT alone vs
 SFT -> GRPO on the same budget (optimizer steps x prompts per step), evaluated per reward type on a
-held-out mixed split, with per-type training-reward curves (`reward/mixed/<type>`).
+held-out mixed split, with per-type training-reward curves (`reward/mixed/<type>`). Each arm runs
+`scale.seeds` seeds; the table shows means with bootstrap 95 % intervals over items and seeds, and
+docs/protocol.md's H6 (GRPO alone > SFT -> GRPO) is decided by paired intervals, overall and per type.
 
-`python -m duotune.studies.vlaa --scale cpu --out runs/vlaa`. Imports the studies' modules and models.
+`python -m duotune.studies.vlaa --scale cpu --out runs/vlaa` (`--scale protocol`: 60 steps, 200 items
+per type, 3 seeds). Imports the studies' modules and models.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from duotune.studies.common import (
+    CLAIM_HEADER,
     Scale,
     add_scale_args,
     check_names,
     evaluate_examples,
     get_scale,
+    interval_cell,
     load_split,
     markdown_table,
+    paired_row,
     pct,
+    per_seed,
     plot_curves,
     run_recipe,
     scale_from_args,
     scale_overrides,
+    seeded,
     write_mixture,
     write_report,
 )
@@ -69,37 +77,61 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
     timings = {"eval/base": time.perf_counter() - t0}
     for arm in arms:
         lr = scale.sft_lr if arm == "sft" else scale.rl_lr
-        overrides = scale_overrides(scale, str(base), out / "runs", arm, train, lr) + arm_overrides(arm, scale)
-        res, seconds = run_recipe(f"vlaa_{arm}", overrides)
-        timings[f"train/{arm}"] = seconds
-        t0 = time.perf_counter()
-        results[arm] = evaluate_examples(res.bundle, test, "mixed", scale.eval_max_new_tokens)
-        timings[f"eval/{arm}"] = time.perf_counter() - t0
-        res.bundle = None
+        for seed in range(scale.seeds):
+            name = seeded(arm, seed)
+            overrides = (scale_overrides(scale, str(base), out / "runs", name, train, lr, seed)
+                         + arm_overrides(arm, scale))
+            res, seconds = run_recipe(f"vlaa_{arm}", overrides)
+            timings[f"train/{name}"] = seconds
+            t0 = time.perf_counter()
+            results[name] = evaluate_examples(res.bundle, test, "mixed", scale.eval_max_new_tokens)
+            timings[f"eval/{name}"] = time.perf_counter() - t0
+            res.bundle = None
     types = sorted(set(MIXTURE.values()))
-    plot_curves({ARMS[a]: out / "runs" / a / "metrics.jsonl" for a in arms if a != "sft"},
+    plot_curves({f"{ARMS[a]} s{k}": out / "runs" / seeded(a, k) / "metrics.jsonl"
+                 for a in arms if a != "sft" for k in range(scale.seeds)},
                 [f"reward/mixed/{t}" for t in types] + ["reward/mean"], out / "curves_per_type.png",
                 "VLAA-Thinking study: training reward per type")
     timings["total"] = time.perf_counter() - t_start
     return write_tables(out, results, arms, types, timings, scale, str(base))
 
 
+def _type_items(results: dict[str, Any], types: list[str]) -> dict[str, list[int] | None]:
+    """Item indices of each reward type in the held-out split (all runs share its order); "overall": all."""
+    order = results["base"].get("types") or []
+    return {"overall": None, **{t: [i for i, x in enumerate(order) if x == t] for t in types}}
+
+
 def write_tables(out: Path, results: dict[str, Any], arms: tuple[str, ...], types: list[str],
                  timings: dict[str, float], scale: Any, base: str) -> dict[str, Any]:
-    """Rows = base + arms; columns = held-out mean reward per type, overall, format rate, train seconds."""
+    """Rows = base + arms; columns = held-out mean reward per type, overall (mean [95 % interval] over
+    seeds), format rate, train seconds (summed over seeds); then the H6 claim rows."""
+    seeds = scale.seeds
+    keep = _type_items(results, types)
     header = ["model"] + types + ["overall", "format %", "train s"]
     rows = []
     for key in ["base", *arms]:
-        r = results[key]
-        train_s = timings.get(f"train/{key}")
-        rows.append([ARMS.get(key, "base (warm-up)")] + [pct(r["by_type"].get(t)) for t in types]
-                    + [pct(r["accuracy"]), pct(r["format"]), "-" if train_s is None else f"{train_s:.0f}"])
+        evals = per_seed(results, key, seeds)
+        train_s = [timings[f"train/{seeded(key, k)}"] for k in range(seeds) if f"train/{seeded(key, k)}" in timings]
+        cells = [interval_cell(evals, keep[t]) if keep[t] else pct(evals[0]["by_type"].get(t)) for t in types]
+        rows.append([ARMS.get(key, "base (warm-up)")] + cells
+                    + [interval_cell(evals), pct(sum(e["format"] for e in evals) / len(evals)),
+                       f"{sum(train_s):.0f}" if train_s else "-"])
+    claim_rows = []
+    if {"grpo", "sft_then_grpo"} <= set(arms) and all("per_item" in results[k] for k in results):
+        claim_rows = [paired_row("H6 GRPO > SFT -> GRPO", where, per_seed(results, "grpo", seeds),
+                                 per_seed(results, "sft_then_grpo", seeds), idx)
+                      for where, idx in keep.items() if idx is None or idx]
     md = (f"# VLAA-Thinking study (scale {scale.name}, from {base}; budget {scale.steps} steps x "
-          f"{scale.prompts_per_step} prompts per arm)\n\n## Held-out mean reward per type (%)\n\n"
-          + markdown_table(header, rows) + "\n## Wall times (s)\n\n"
+          f"{scale.prompts_per_step} prompts per arm, {seeds} seed(s))\n\nCells: mean over seeds [bootstrap "
+          "95 % interval over items and seeds].\n\n## Held-out mean reward per type (%)\n\n"
+          + markdown_table(header, rows)
+          + ("\n## Claim H6 (docs/protocol.md; paired on the same items)\n\n"
+             + markdown_table(CLAIM_HEADER, claim_rows) if claim_rows else "")
+          + "\n## Wall times (s)\n\n"
           + markdown_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]))
-    record = {"table": {"header": header, "rows": rows}, "results": results, "timings": timings,
-              "mixture": MIXTURE, "base": base}
+    record = {"table": {"header": header, "rows": rows}, "claims": {"header": CLAIM_HEADER, "rows": claim_rows},
+              "results": results, "timings": timings, "mixture": MIXTURE, "base": base}
     write_report(out, "vlaa", md, record, scale)
     return record
 

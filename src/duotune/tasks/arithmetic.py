@@ -2,6 +2,8 @@
 
 Level 1: a*b + c (a, b in 2-9, c in 1-20); level 2: a*b + c*d +/- e (more terms); level 3: a*b +/- c with
 a in 11-99, c in 1-99 (larger numbers); `word=true` phrases any level as a multi-step word problem.
+`max_constant` widens levels 1-2's constant range (1-20 by default; level 1's test split then holds
+332 distinct items, at 50 about 830, which a 400-item evaluation set needs).
 Demos are programmatic step-by-step solutions ending in \\boxed{N}. Imports `duotune.tasks.base` only.
 """
 
@@ -18,14 +20,14 @@ THINGS = ("apples", "marbles", "stickers", "pencils", "cookies", "cards", "shell
 CONTAINERS = (("box", "boxes"), ("bag", "bags"), ("pack", "packs"), ("jar", "jars"), ("tray", "trays"))
 
 
-def _draw_terms(rng: random.Random, level: int) -> tuple[list[tuple[int, int]], int]:
+def _draw_terms(rng: random.Random, level: int, max_constant: int = 20) -> tuple[list[tuple[int, int]], int]:
     """(products, signed constant) of one expression; its value is never negative."""
     while True:
         if level == 1:
-            return [(rng.randint(2, 9), rng.randint(2, 9))], rng.randint(1, 20)
+            return [(rng.randint(2, 9), rng.randint(2, 9))], rng.randint(1, max_constant)
         if level == 2:
             products = [(rng.randint(2, 9), rng.randint(2, 9)) for _ in range(2)]
-            const = rng.randint(1, 20) * rng.choice((1, -1))
+            const = rng.randint(1, max_constant) * rng.choice((1, -1))
         else:
             products = [(rng.randint(11, 99), rng.randint(2, 9))]
             const = rng.randint(1, 99) * rng.choice((1, -1))
@@ -77,7 +79,7 @@ def _word_problem(rng: random.Random, products: list[tuple[int, int]], const: in
 
 
 def draw_arithmetic(rng: random.Random, p: dict[str, Any]) -> Candidate:
-    products, const = _draw_terms(rng, p["level"])
+    products, const = _draw_terms(rng, p["level"], p["max_constant"])
     if p["word"]:
         question, units = _word_problem(rng, products, const)
     else:
@@ -96,6 +98,8 @@ register_task(TaskSpec(
     params={
         "level": Param(1, "1: a*b+c (a, b in 2-9, c in 1-20); 2: a*b+c*d+/-e (more terms); "
                           "3: a*b+/-c with a in 11-99, c in 1-99 (larger numbers)", choices=(1, 2, 3)),
+        "max_constant": Param(20, "levels 1-2: the constant is drawn from 1..max_constant (level 3 keeps "
+                                  "1-99); widen it for more distinct items", low=1, high=1000),
         "word": Param(False, "phrase each question as a multi-step word problem instead of an expression"),
         "fewshot": Param(2, "worked examples (user/assistant turns) before each question; SmolLM2-135M needs "
                             "about 2 to write \\boxed{} at all (issue 8)", low=0, high=16),

@@ -1,0 +1,70 @@
+"""`python -m duotune.studies.arith_protocol`: regime b trains the word-problem teacher once, builds its
+pool once from the comparison's own training rows, and hands the comparison the pool instead of the
+generated rows; regime a runs the comparison as configured. The comparison itself (duotune.demo) and
+the pool's sampling (tests/test_teacher_pool.py) are stubbed here; the teacher really trains (tiny-llm)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from duotune import demo
+from duotune.analysis import CompareConfig
+from duotune.config import load_config
+from duotune.data import teacher_pool
+from duotune.studies import arith_protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "compare" / "tiny.yaml"
+
+
+@pytest.fixture
+def stubs(monkeypatch):
+    calls = {"demo": [], "pool": []}
+
+    def fake_pool(model, data, out, **kw):
+        calls["pool"].append((model, Path(data)))
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data.jsonl").write_text(Path(data).read_text())
+        s = {"data": str(out / "data.jsonl"), "sample_correct_rate": 0.5, "kept": 16, "questions": 16,
+             "mean_demo_tokens_teacher": 30.0, "mean_demo_tokens_programmatic": 20.0}
+        (out / "teacher_pool.json").write_text(json.dumps(s))
+        return s
+
+    monkeypatch.setattr(teacher_pool, "build_pool", fake_pool)
+    monkeypatch.setattr(demo, "main", lambda argv: calls["demo"].append(argv) or 0)
+    return calls
+
+
+def test_regime_b_trains_the_teacher_once_and_compares_on_its_pool(stubs, tmp_path, monkeypatch):
+    args = ["--regime", "b", "--config", str(TINY), "--teacher-steps", "1", "--teacher-prompts", "2",
+            f"output_dir={tmp_path}", f"recipes={ROOT / 'configs' / 'tiny'}"]
+    assert arith_protocol.main(args) == 0
+    teacher = tmp_path / "tiny_teacher" / "teacher"
+    rows = [json.loads(x) for x in (teacher / "data" / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(r["word"] and r["question"].endswith("have now?") for r in rows)
+    model = teacher / "run" / "checkpoint-000001" / "model"
+    assert (model / "config.json").is_file()
+    assert "seed: 100" in (teacher / "run" / "config.yaml").read_text()
+    # the pool is written for the comparison's own (expression) rows, by the trained teacher
+    assert stubs["pool"] == [(str(model), tmp_path / "tiny" / "data" / "train" / "data.jsonl")]
+    (argv,) = stubs["demo"]
+    pool = teacher / "pool" / "data.jsonl"
+    assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "tiny_teacher")
+    assert argv[-2:] == [f"data.file={pool}", "data.generate=null"]
+    cfg = load_config(CompareConfig, TINY, argv[argv.index("--jobs") + 2:])  # the overrides the demo gets
+    assert cfg.data.file == str(pool) and cfg.data.generate is None
+    # re-running trains and samples nothing again
+    import duotune.trainers as trainers
+
+    monkeypatch.setattr(trainers, "train", lambda cfg: pytest.fail("the teacher was trained again"))
+    assert arith_protocol.main(args) == 0
+    assert len(stubs["pool"]) == 1 and len(stubs["demo"]) == 2
+
+
+def test_regime_a_runs_the_comparison_as_configured(stubs, tmp_path):
+    assert arith_protocol.main(["--regime", "a", "--config", str(TINY), f"output_dir={tmp_path}"]) == 0
+    (argv,) = stubs["demo"]
+    assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "tiny")
+    assert not any(a.startswith("data.file=") for a in argv) and not stubs["pool"]
