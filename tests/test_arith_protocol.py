@@ -68,3 +68,28 @@ def test_regime_a_runs_the_comparison_as_configured(stubs, tmp_path):
     (argv,) = stubs["demo"]
     assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "tiny")
     assert not any(a.startswith("data.file=") for a in argv) and not stubs["pool"]
+
+
+def test_pilot_rule_counts_the_curves_still_moving_at_step_30():
+    rule = arith_protocol.pilot_rule
+    moving = {"sft": {20: 75.75, 30: 81.25}, "grpo": {20: 60.0, 30: 62.0}, "srft": {20: 70.0, 30: 71.75}}
+    got = rule(moving)
+    assert got["gains"] == {"sft": 5.5, "grpo": 2.0, "srft": 1.75} and got["moving"] == 2 and got["T"] == 60
+    assert rule({**moving, "grpo": {20: 60.0, 30: 61.5}})["T"] == 30  # one curve moving: 30 is enough
+    # curves still short of step 30 leave the decision open unless two already decide it
+    assert rule({"sft": {20: 75.0, 30: 81.0}, "grpo": {10: 50.0}, "srft": {20: 1.0}})["T"] is None
+    assert rule({"sft": {20: 75.0, 30: 81.0}, "grpo": {20: 50.0, 30: 55.0}, "srft": {10: 1.0}})["T"] == 60
+
+
+def test_pilot_decision_reads_the_curves_on_disk(stubs, tmp_path):
+    root = tmp_path / "tiny"
+    for m, accs in {"sft": [0.5, 0.6, 0.7], "grpo": [0.4, 0.45, 0.46], "srft": [0.3, 0.4, 0.5]}.items():
+        run = root / "runs" / f"{m}-s0"
+        run.mkdir(parents=True)
+        run.joinpath("curve.jsonl").write_text("".join(
+            json.dumps({"step": 10 * (i + 1), "evals": {"arith": {"accuracy": a}}}) + "\n" for i, a in enumerate(accs)))
+    args = ["--regime", "pilot", "--decide", "--config", str(TINY), f"output_dir={tmp_path}"]
+    assert arith_protocol.main(args) == 0 and not stubs["demo"]
+    got = json.loads((root / "pilot_decision.json").read_text())
+    assert got["gains"] == pytest.approx({"sft": 10.0, "grpo": 1.0, "srft": 10.0}) and got["T"] == 60
+    assert got["curves"]["grpo"] == pytest.approx({"10": 40.0, "20": 45.0, "30": 46.0})

@@ -1,5 +1,8 @@
 """The arithmetic study of docs/protocol.md in one resumable command, in either demonstration regime.
 
+- `--regime pilot`: the pilot (`configs/compare/protocol_pilot.yaml`: sft, grpo, srft, seed 0, 60 steps)
+  into `runs/compare/protocol_pilot`, then the protocol's rule for T (`pilot_rule`), written to
+  `pilot_decision.json` there. `--decide` applies the rule to the curves on disk without training.
 - `--regime a`: the comparison of `configs/compare/protocol_arith.yaml` as it stands (the task's
   programmatic demos), run by `duotune.demo`'s worker processes into `<output_dir>/<name>`.
 - `--regime b`: demos from another model. (1) The teacher: the comparison's model, SFT-trained on the
@@ -26,6 +29,35 @@ from duotune.errors import ConfigError
 from duotune.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "configs" / "compare" / "protocol_arith.yaml"
+PILOT = REPO_ROOT / "configs" / "compare" / "protocol_pilot.yaml"
+
+
+def pilot_rule(curves: dict[str, dict[int, float]], *, at: int = 30, window: int = 10, gain: float = 2.0,
+               short: int = 30, long: int = 60, need: int = 2) -> dict[str, Any]:
+    """docs/protocol.md, "Budget", step 1: T = `long` when at step `at` at least `need` of the curves
+    still gain `gain` points or more over the last `window` steps (accuracy in % per step), else
+    `short`. A curve without both points cannot be judged: the decision waits (T None)."""
+    gains = {m: (c[at] - c[at - window]) if at in c and at - window in c else None for m, c in curves.items()}
+    known = [g for g in gains.values() if g is not None]
+    moving = sum(g >= gain for g in known)
+    if len(known) < len(gains):
+        t = long if moving >= need else None  # enough moving curves decide it before the rest arrive
+    else:
+        t = long if moving >= need else short
+    return {"gains": gains, "moving": moving, "T": t,
+            "rule": f"T = {long} when >= {need} curves gain >= {gain} points from step {at - window} to {at}, else {short}"}
+
+
+def pilot_curves(root: Path, methods: list[str], seed: int = 0) -> dict[str, dict[int, float]]:
+    """Main-set accuracy (%) by step of each method's pilot run, read from its curve.jsonl (also mid-run)."""
+    from duotune import jsonl
+
+    out: dict[str, dict[int, float]] = {}
+    for m in methods:
+        path = root / "runs" / f"{m}-s{seed}" / "curve.jsonl"
+        points = jsonl.read(path) if path.is_file() else []
+        out[m] = {int(p["step"]): 100 * next(iter(p["evals"].values()))["accuracy"] for p in points}
+    return out
 
 
 def teacher_root(cfg: CompareConfig) -> Path:
@@ -83,9 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m duotune.studies.arith_protocol",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--regime", choices=["a", "b"], required=True,
-                   help="a: the task's programmatic demos; b: demos from an SFT teacher (rejection-sampled)")
-    p.add_argument("--config", default=str(CONFIG), help="the comparison YAML")
+    p.add_argument("--regime", choices=["pilot", "a", "b"], required=True,
+                   help="pilot: the run that fixes T; a: the task's programmatic demos; b: demos from an SFT "
+                        "teacher (rejection-sampled)")
+    p.add_argument("--config", default=None, help="the comparison YAML (default: configs/compare/"
+                   "protocol_pilot.yaml for the pilot, protocol_arith.yaml otherwise)")
+    p.add_argument("--decide", action="store_true", help="pilot: apply the rule to the curves on disk, train nothing")
     p.add_argument("--jobs", type=int, default=2, help="worker processes of the comparison (duotune.demo)")
     p.add_argument("--teacher-steps", type=int, default=30, help="regime b: SFT steps of the teacher")
     p.add_argument("--teacher-prompts", type=int, default=8, help="regime b: prompts per teacher step")
@@ -101,9 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     from duotune import demo
 
     args = _parser().parse_args(argv)
+    args.config = args.config or str(PILOT if args.regime == "pilot" else CONFIG)
     cfg = load_config(CompareConfig, args.config, [f"recipes={REPO_ROOT / 'configs'}", *args.overrides])
     extra: list[str] = []
     root = Path(cfg.output_dir) / cfg.name
+    if args.regime == "pilot":
+        import json
+
+        rc = 0 if args.decide else demo.main(["--config", args.config, "--run-dir", str(root), "--jobs",
+                                              str(args.jobs), *args.overrides])
+        methods = [m for m in cfg.methods if m != "base"]
+        decision = {**pilot_rule(pilot_curves(root, methods, cfg.seeds[0])),
+                    "curves": pilot_curves(root, methods, cfg.seeds[0])}
+        (root / "pilot_decision.json").write_text(json.dumps(decision, indent=2) + "\n")
+        print(f"[protocol] pilot: gains {decision['gains']}; T = {decision['T']} ({decision['rule']})")
+        return rc
     if args.regime == "b":
         model = train_teacher(cfg, steps=args.teacher_steps, prompts=args.teacher_prompts, lr=args.teacher_lr,
                               seed=args.teacher_seed)
