@@ -190,9 +190,10 @@ def test_comparison_eval_on_vllm_scores_what_transformers_scores(monkeypatch):
         choose_sampler(tiny, "vllm", batch_size=4, setting="eval.engine")
 
 
-def test_a_closed_engine_is_reused_with_the_next_samplers_weights(engine):
+def test_a_closed_engine_is_reused_with_the_next_samplers_weights(engine, tmp_path):
     """close() hands the engine back; the next sampler of the same model and settings takes it (no
-    new engine) and samples with its own weights; other settings get their own engine."""
+    new engine) and samples with its own weights, also when the model was reloaded from a checkpoint
+    folder (as every resumed training chunk of a comparison is); other settings get their own engine."""
     from duotune.rollout import vllm as vmod
 
     bundle = load_model("tiny-qwen2-h32")
@@ -204,6 +205,9 @@ def test_a_closed_engine_is_reused_with_the_next_samplers_weights(engine):
     with torch.no_grad():
         for p in changed.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    changed.model.save_pretrained(tmp_path / "ckpt")
+    changed.tokenizer.save_pretrained(tmp_path / "ckpt")
+    changed = load_model(str(tmp_path / "ckpt"))  # another _name_or_path, the same model
     again = vmod.VLLMSampler(changed, cpu_kv_cache_gib=1, seed=4)  # another seed still reuses it
     assert again.reused and again.llm is llm
     prompts = [again.encoder.encode(e) for e in _examples()]

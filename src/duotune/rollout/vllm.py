@@ -143,8 +143,14 @@ class VLLMSampler(EncodingSampler):
         # Not the seed: it only draws requests without their own seed (every seeded or greedy request
         # here carries one), so a comparison's evaluation (seed 0) reuses a seed-1 run's engine.
         settings = sorted((k, v) for k, v in kwargs.items() if k != "seed")
-        parts = [_plain_config(self.bundle.model).to_json_string(), type(tok).__name__, str(len(tok)),
-                 str(getattr(tok, "name_or_path", "")), repr(settings), str(kv_gib)]
+        # Not what saving a model writes into its config (where it was loaded from, its dtype, the
+        # class name) nor the tokenizer's class: a run resumed from its checkpoint folder is the same
+        # model (the engine's dtype is a setting above), and prompts arrive as token ids (decoded by
+        # the sampler's own tokenizer), so the vocabulary is what counts.
+        config = {k: v for k, v in _plain_config(self.bundle.model).to_dict().items()
+                  if k not in ("_name_or_path", "dtype", "torch_dtype", "architectures", "transformers_version")}
+        vocab = hashlib.sha256(repr(sorted(tok.get_vocab().items())).encode()).hexdigest()
+        parts = [repr(sorted(config.items())), vocab, repr(settings), str(kv_gib)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def _write_folder(self, folder: Path) -> None:
