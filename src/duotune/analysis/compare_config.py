@@ -90,7 +90,8 @@ class EvalProtocolCfg(Cfg):
     batch_size: int = Field(16, ge=1, description="sequences per generate call (hf engine)")
     engine: Literal["hf", "vllm", "auto"] = Field(
         "hf", description="sampler of the evaluation: hf (transformers generate), vllm (an in-process "
-        "engine started for each evaluation from the in-memory weights, closed after it), auto = vllm "
+        "engine given the in-memory weights; the process's idle engine of the same model and settings "
+        "is reused, e.g. the training chunk's), auto = vllm "
         "when it is installed and serves the model, else hf. Every method of a comparison is scored "
         "by the same engine; each curve point records which one in `eval_engine`")
     kl_probe: int = Field(8, ge=0, description="prompts sampled (T=1) at every evaluation to estimate "

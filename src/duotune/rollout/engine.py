@@ -138,7 +138,8 @@ def sync_weights(sampler: Any, model: Any) -> dict[str, float]:
 
 
 def close_sampler(sampler: Any) -> None:
-    """Free an engine's memory (vLLM); HF samplers (and None) hold nothing of their own."""
+    """Hand a vLLM engine back for reuse by the next sampler of the same model and settings in this
+    process (`VLLMSampler.close`); HF samplers (and None) hold nothing of their own."""
     close = getattr(sampler, "close", None)
     if close is not None:
         close()
