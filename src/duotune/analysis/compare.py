@@ -154,9 +154,9 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: Call
 
 
 def _bundle_at(run_dir: Path, step: int, load_model: Any) -> Any:
-    from duotune.trainers.checkpoint import PREFIX
+    from duotune.trainers.checkpoint import checkpoint_dir
 
-    return load_model(str(run_dir / f"{PREFIX}{step:06d}" / "model"))
+    return load_model(str(checkpoint_dir(run_dir, step) / "model"))
 
 
 def _append(path: Path, curve: dict[int, dict[str, Any]], point: dict[str, Any]) -> None:

@@ -70,10 +70,10 @@ def train_teacher(cfg: CompareConfig, *, steps: int = 30, prompts: int = 8, lr: 
     word-problem variant of the comparison's generated training rows."""
     from duotune.tasks import write_task
     from duotune.trainers import TrainConfig, train
-    from duotune.trainers.checkpoint import PREFIX
+    from duotune.trainers.checkpoint import checkpoint_dir
 
     root = teacher_root(cfg)
-    model = root / "run" / f"{PREFIX}{steps:06d}" / "model"
+    model = checkpoint_dir(root / "run", steps) / "model"
     if (model / "config.json").is_file():
         return model
     src = cfg.data.generate
@@ -145,9 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rc = 0 if args.decide else demo.main(["--config", args.config, "--run-dir", str(root), "--jobs",
                                               str(args.jobs), *args.overrides])
-        methods = [m for m in cfg.methods if m != "base"]
-        decision = {**pilot_rule(pilot_curves(root, methods, cfg.seeds[0])),
-                    "curves": pilot_curves(root, methods, cfg.seeds[0])}
+        curves = pilot_curves(root, [m for m in cfg.methods if m != "base"], cfg.seeds[0])
+        decision = {**pilot_rule(curves), "curves": curves}
         (root / "pilot_decision.json").write_text(json.dumps(decision, indent=2) + "\n")
         print(f"[protocol] pilot: gains {decision['gains']}; T = {decision['T']} ({decision['rule']})")
         return rc

@@ -164,8 +164,8 @@ def claims(results: dict[str, Any], tasks: Names, methods: Names, seeds: int,
     stayed below 1 % of the policy loss in every seed, H4 and H5 read "inconclusive: the schedule did
     not act" whatever the accuracies. Needs per-item scores (evaluate_examples)."""
     rows, h5 = [], []
-    acted = None if schedule is None else any(
-        v["acted"] for k, v in schedule.items() if "-grpo_d-" in k)
+    grpo_d_runs = [v["acted"] for k, v in (schedule or {}).items() if "-grpo_d-" in k]
+    acted = any(grpo_d_runs) if grpo_d_runs else None  # None: no GRPO-D run's schedule was checked
     cells = [(a, b) for a in tasks for b in TASKS]
     if {"grpo", "grpo_d"} <= set(methods):
         for a, b in cells:
