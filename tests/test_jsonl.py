@@ -100,3 +100,26 @@ def test_non_utf8_training_data_names_file_and_row(tmp_path):
     path.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
     with pytest.raises(DataError, match=r"rows\.jsonl.*row 2.*UTF-8"):
         load_examples(str(path))
+
+
+@pytest.mark.parametrize("write", ["write_rows", "write_json"])
+def test_two_writers_of_one_file_never_take_each_others_temporary_file(tmp_path, monkeypatch, write):
+    """`make demo`'s two workers generate the same data file at once. With one shared temporary name
+    the second writer renamed the first one's file away (FileNotFoundError in the first's rename).
+    Here a second write of the same path runs inside the first one's rename, as that race does."""
+    import os
+
+    from duotune import jsonl
+
+    target = tmp_path / "data.jsonl"
+    real_replace, nested = os.replace, []
+
+    def racing_replace(src, dst):
+        if not nested:
+            nested.append(1)
+            getattr(jsonl, write)(target, [{"by": "second"}] if write == "write_rows" else {"by": "second"})
+        real_replace(src, dst)
+
+    monkeypatch.setattr(jsonl.os, "replace", racing_replace)
+    getattr(jsonl, write)(target, [{"by": "first"}] if write == "write_rows" else {"by": "first"})
+    assert "first" in target.read_text() and [p.name for p in tmp_path.iterdir()] == ["data.jsonl"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,22 +30,31 @@ def decode_text(data: bytes, path: str | Path) -> str:
                         file=str(path), row=row) from None
 
 
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """`data` into a temporary file of its own beside `path`, renamed over it: a reader never sees a
+    half-written file, and writers of the same path at once (two workers generating one data file)
+    never rename each other's temporary file away; the last rename wins, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # the usual permissions
+    try:
+        with tmp.open("xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON atomically (a temporary file renamed over `path`), so a file a
-    later run reads back (settings, summaries) is never half written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write `obj` as indented JSON atomically (`_replace_atomically`), so a file a later run reads
+    back (settings, summaries) is never half written."""
+    _replace_atomically(Path(path), (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def write_rows(path: str | Path, records: Iterable[dict[str, Any]], *, ensure_ascii: bool = True) -> None:
-    """Write `records` as a whole JSONL file atomically (a temporary file renamed over `path`), so a
-    reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(b"".join(json.dumps(r, ensure_ascii=ensure_ascii).encode("utf-8") + b"\n" for r in records))
-    os.replace(tmp, path)
+    """Write `records` as a whole JSONL file atomically (`_replace_atomically`), so a reader never sees
+    a half-written file."""
+    _replace_atomically(Path(path), b"".join(json.dumps(r, ensure_ascii=ensure_ascii).encode("utf-8") + b"\n"
+                                             for r in records))
 
 
 def repair_tail(path: str | Path) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -64,9 +63,7 @@ def result_path(root: Path, method: str, seed: int) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing a comparison never share a tmp file
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # never a half-written result
+    jsonl.write_json(path, data)  # never half written, never another process's temporary file
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
