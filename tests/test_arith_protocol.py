@@ -39,7 +39,7 @@ def stubs(monkeypatch):
 
 def test_regime_b_trains_the_teacher_once_and_compares_on_its_pool(stubs, tmp_path, monkeypatch):
     args = ["--regime", "b", "--config", str(TINY), "--teacher-steps", "1", "--teacher-prompts", "2",
-            f"output_dir={tmp_path}", f"recipes={ROOT / 'configs' / 'tiny'}"]
+            "--store", str(tmp_path / "store"), f"output_dir={tmp_path}", f"recipes={ROOT / 'configs' / 'tiny'}"]
     assert arith_protocol.main(args) == 0
     teacher = tmp_path / "tiny_teacher" / "teacher"
     rows = [json.loads(x) for x in (teacher / "data" / "data.jsonl").read_text().splitlines()]
@@ -61,10 +61,18 @@ def test_regime_b_trains_the_teacher_once_and_compares_on_its_pool(stubs, tmp_pa
     monkeypatch.setattr(trainers, "train", lambda cfg: pytest.fail("the teacher was trained again"))
     assert arith_protocol.main(args) == 0
     assert len(stubs["pool"]) == 1 and len(stubs["demo"]) == 2
+    # the pool went into the store; a fresh machine (no run folders) takes it from there, trains no teacher
+    assert (tmp_path / "store" / "tiny_teacher" / "pool" / "data.jsonl").read_text() == pool.read_text()
+    fresh = tmp_path / "fresh"
+    assert arith_protocol.main([f"output_dir={fresh}" if a.startswith("output_dir=") else a for a in args]) == 0
+    new_pool = fresh / "tiny_teacher" / "teacher" / "pool"
+    assert json.loads((new_pool / "teacher_pool.json").read_text())["data"] == str(new_pool / "data.jsonl")
+    assert stubs["demo"][-1][-2] == f"data.file={new_pool / 'data.jsonl'}" and len(stubs["pool"]) == 1
 
 
 def test_regime_a_runs_the_comparison_as_configured(stubs, tmp_path):
-    assert arith_protocol.main(["--regime", "a", "--config", str(TINY), f"output_dir={tmp_path}"]) == 0
+    assert arith_protocol.main(["--regime", "a", "--config", str(TINY), "--store", str(tmp_path / "store"),
+                                f"output_dir={tmp_path}"]) == 0
     (argv,) = stubs["demo"]
     assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "tiny")
     assert not any(a.startswith("data.file=") for a in argv) and not stubs["pool"]
@@ -93,3 +101,47 @@ def test_pilot_decision_reads_the_curves_on_disk(stubs, tmp_path):
     got = json.loads((root / "pilot_decision.json").read_text())
     assert got["gains"] == pytest.approx({"sft": 10.0, "grpo": 1.0, "srft": 10.0}) and got["T"] == 60
     assert got["curves"]["grpo"] == pytest.approx({"10": 40.0, "20": 45.0, "30": 46.0})
+
+
+def _result(path, status="done", acc=0.5):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": status, "curve": [{"step": 0, "acc": acc}]}))
+
+
+def test_sync_results_copies_finished_results_both_ways_and_never_overwrites(tmp_path):
+    root, store = tmp_path / "run", tmp_path / "store"
+    _result(root / "results" / "sft-s0.json")
+    _result(root / "results" / "grpo-s0.json", status="failed")
+    _result(store / "srft-s1.json", acc=0.7)
+    _result(store / "luffy-s0.json", status="failed")
+    _result(root / "results" / "base-s0.json", acc=0.36)
+    _result(store / "base-s0.json", acc=0.40)
+    moved = arith_protocol.sync_results(root, store)
+    assert moved == {"to_store": ["sft-s0.json"], "from_store": ["srft-s1.json"], "differ": ["base-s0.json"]}
+    assert sorted(p.name for p in store.glob("*.json")) == ["base-s0.json", "luffy-s0.json", "sft-s0.json",
+                                                              "srft-s1.json"]
+    assert sorted(p.name for p in (root / "results").glob("*.json")) == ["base-s0.json", "grpo-s0.json",
+                                                                         "sft-s0.json", "srft-s1.json"]
+    assert json.loads((store / "base-s0.json").read_text())["curve"][0]["acc"] == 0.40  # kept both
+    assert json.loads((root / "results" / "base-s0.json").read_text())["curve"][0]["acc"] == 0.36
+    assert arith_protocol.sync_results(root, store) == {"to_store": [], "from_store": [],
+                                                        "differ": ["base-s0.json"]}
+
+
+def test_regime_a_resumes_from_the_store_and_saves_what_it_finished(tmp_path, monkeypatch):
+    store = tmp_path / "store" / "tiny" / "results"
+    _result(store / "sft-s0.json")
+    seen = []
+
+    def fake_demo(argv):
+        root = Path(argv[argv.index("--run-dir") + 1])
+        seen.append(sorted(p.name for p in (root / "results").glob("*.json")))
+        _result(root / "results" / "grpo-s0.json")  # what this session's workers finished
+        return 0
+
+    monkeypatch.setattr(demo, "main", fake_demo)
+    args = ["--regime", "a", "--config", str(TINY), "--store", str(tmp_path / "store"), f"output_dir={tmp_path}"]
+    assert arith_protocol.main(args) == 0
+    assert seen == [["sft-s0.json"]]  # the workers found the earlier session's result and skip it
+    assert sorted(p.name for p in store.glob("*.json")) == ["grpo-s0.json", "sft-s0.json"]
+    assert arith_protocol.main([*args, "--sync"]) == 0 and len(seen) == 1  # --sync trains nothing

@@ -13,6 +13,11 @@
   comparison on the pool (`data.file=<pool>`), into `<output_dir>/<name>_teacher`.
 
 Each step is skipped when its output is on disk, so re-running the command continues the study.
+The study outlives one machine's run folders through `--store` (default `docs/protocol_runs`, committed):
+before and after the runs, every finished result (`results/<method>-s<seed>.json`, the curve with its
+per-item scores) and the teacher's pool are copied both ways between the store and the run folders
+(`sync_results`), so a fresh checkout trains only what no earlier session finished (`--sync` copies
+and trains nothing).
 `python -m duotune.studies.arith_protocol --regime b`. Imports the analysis, the trainers and the
 models lazily.
 """
@@ -28,6 +33,7 @@ from duotune.config import load_config
 from duotune.errors import ConfigError
 from duotune.paths import REPO_ROOT
 
+STORE = REPO_ROOT / "docs" / "protocol_runs"
 CONFIG = REPO_ROOT / "configs" / "compare" / "protocol_arith.yaml"
 PILOT = REPO_ROOT / "configs" / "compare" / "protocol_pilot.yaml"
 
@@ -58,6 +64,65 @@ def pilot_curves(root: Path, methods: list[str], seed: int = 0) -> dict[str, dic
         points = jsonl.read(path) if path.is_file() else []
         out[m] = {int(p["step"]): 100 * next(iter(p["evals"].values()))["accuracy"] for p in points}
     return out
+
+
+def sync_results(root: Path, store: Path) -> dict[str, list[str]]:
+    """Copy finished results (`status: done`) both ways between `root/results` (a comparison folder)
+    and `store` (the committed copy): each side gets the files only the other has. A file on both sides
+    that differs is left as it is and listed under `differ` (a re-run that did not reproduce). Failed
+    results stay where they are: the next run retries them."""
+    import json
+    import shutil
+
+    here, there = root / "results", store
+    moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
+
+    def done(path: Path) -> bool:
+        try:
+            return json.loads(path.read_text()).get("status") == "done"
+        except (OSError, ValueError):
+            return False
+
+    for src, dst, key in ((here, there, "to_store"), (there, here, "from_store")):
+        for f in sorted(src.glob("*.json")) if src.is_dir() else []:
+            if not done(f):
+                continue
+            target = dst / f.name
+            if not target.exists():
+                dst.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+                moved[key].append(f.name)
+            elif key == "to_store" and target.read_bytes() != f.read_bytes():
+                moved["differ"].append(f.name)
+    return moved
+
+
+def sync_pool(pool: Path, store: Path) -> bool:
+    """The teacher's pool (`data.jsonl` + `teacher_pool.json`) into `store` when built here, or back
+    from it when not (its summary's `data` then names this machine's file). True when `pool` holds it."""
+    import json
+    import shutil
+
+    names = ("data.jsonl", "teacher_pool.json")
+    if all((pool / n).is_file() for n in names):
+        if not all((store / n).is_file() for n in names):
+            store.mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shutil.copyfile(pool / n, store / n)
+        return True
+    if not all((store / n).is_file() for n in names):
+        return False
+    pool.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(store / "data.jsonl", pool / "data.jsonl")
+    summary = {**json.loads((store / "teacher_pool.json").read_text()), "data": str(pool / "data.jsonl")}
+    (pool / "teacher_pool.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return True
+
+
+def _report_sync(name: str, moved: dict[str, list[str]]) -> None:
+    print(f"[protocol] {name}: {len(moved['from_store'])} finished results from the store, "
+          f"{len(moved['to_store'])} into it" + (f"; differ (kept both): {moved['differ']}" if moved["differ"] else ""),
+          flush=True)
 
 
 def teacher_root(cfg: CompareConfig) -> Path:
@@ -128,11 +193,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-seed", type=int, default=100, help="regime b: the teacher run's seed")
     p.add_argument("--samples", type=int, default=4, help="regime b: teacher samples per question")
     p.add_argument("--max-new-tokens", type=int, default=96, help="regime b: decode length of a teacher sample")
+    p.add_argument("--store", default=str(STORE), help="committed copy of the finished results and the teacher's "
+                   "pool, synced both ways before and after the runs (a fresh checkout resumes from it)")
+    p.add_argument("--sync", action="store_true", help="regimes a/b: only sync the store and the run folder")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the comparison config (e.g. seeds=[0])")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    import json
+
     from duotune import demo
 
     args = _parser().parse_args(argv)
@@ -141,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     root = Path(cfg.output_dir) / cfg.name
     if args.regime == "pilot":
-        import json
-
         rc = 0 if args.decide else demo.main(["--config", args.config, "--run-dir", str(root), "--jobs",
                                               str(args.jobs), *args.overrides])
         curves = pilot_curves(root, [m for m in cfg.methods if m != "base"], cfg.seeds[0])
@@ -150,17 +218,28 @@ def main(argv: list[str] | None = None) -> int:
         (root / "pilot_decision.json").write_text(json.dumps(decision, indent=2) + "\n")
         print(f"[protocol] pilot: gains {decision['gains']}; T = {decision['T']} ({decision['rule']})")
         return rc
+    store = Path(args.store)
     if args.regime == "b":
-        model = train_teacher(cfg, steps=args.teacher_steps, prompts=args.teacher_prompts, lr=args.teacher_lr,
-                              seed=args.teacher_seed)
-        s = teacher_pool(cfg, model, samples=args.samples, max_new_tokens=args.max_new_tokens)
+        pool, pool_store = teacher_root(cfg) / "pool", store / f"{cfg.name}_teacher" / "pool"
+        if not sync_pool(pool, pool_store):  # no pool here or in the store: train the teacher, build it
+            model = train_teacher(cfg, steps=args.teacher_steps, prompts=args.teacher_prompts,
+                                  lr=args.teacher_lr, seed=args.teacher_seed)
+            teacher_pool(cfg, model, samples=args.samples, max_new_tokens=args.max_new_tokens)
+            sync_pool(pool, pool_store)
+        s = json.loads((pool / "teacher_pool.json").read_text())
         print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
               f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} tokens "
               f"(program {s['mean_demo_tokens_programmatic']:.1f}); {s['data']}", flush=True)
         root = root.with_name(f"{cfg.name}_teacher")
         extra = [f"data.file={s['data']}", "data.generate=null"]
-    return demo.main(["--config", args.config, "--run-dir", str(root), "--jobs", str(args.jobs),
-                      *args.overrides, *extra])
+    results = store / root.name / "results"
+    _report_sync(root.name, sync_results(root, results))
+    if args.sync:
+        return 0
+    rc = demo.main(["--config", args.config, "--run-dir", str(root), "--jobs", str(args.jobs),
+                    *args.overrides, *extra])
+    _report_sync(root.name, sync_results(root, results))
+    return rc
 
 
 if __name__ == "__main__":
