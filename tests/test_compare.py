@@ -241,3 +241,26 @@ def test_every_shipped_comparison_can_generate_its_sets(path):
     for src in (s for s in sources if s is not None):
         rows = make_rows(src.task, src.n, src.seed, src.split, **src.params)
         assert len(rows) == src.n
+
+
+def test_the_evaluation_asks_for_the_training_engines_kv_cache_size(tmp_path, monkeypatch):
+    """measure() scores with the methods' rollout.vllm.cpu_kv_cache_gib (the default when common is
+    silent), so the evaluation's vLLM engine is the training chunk's, not a second one."""
+    from duotune.analysis import compare, evalsets
+
+    proto = load_config(CompareConfig, ROOT / "configs" / "compare" / "protocol_arith.yaml",
+                        [f"recipes={ROOT / 'configs'}"])
+    assert proto.kv_cache_gib() == 1
+    cfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "tiny.yaml",
+                      [f"recipes={ROOT / 'configs' / 'tiny'}", f"output_dir={tmp_path}", "map.references=[]"])
+    assert cfg.kv_cache_gib() == 2
+    seen = []
+    monkeypatch.setattr(evalsets, "score", lambda *a, **kw: seen.append(kw["kv_cache_gib"]) or {"evals": {}})
+
+    class Ctx:
+        def __init__(self, cfg):
+            self.cfg, self.sets = cfg, []
+
+    for c in (cfg, cfg.model_copy(update={"common": {**cfg.common, "rollout.vllm.cpu_kv_cache_gib": 3}})):
+        compare.measure(Ctx(c), None, 0, 0, 0.0, "base")
+    assert seen == [2, 3]

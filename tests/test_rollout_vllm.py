@@ -219,3 +219,29 @@ def test_a_closed_engine_is_reused_with_the_next_samplers_weights(engine, tmp_pa
     other.close()
     again.close()
     assert _greedy(engine.sampler, engine.prompts)  # the fixture's live engine still works
+
+
+def test_the_evaluation_reuses_the_training_engine_of_its_kv_size(monkeypatch):
+    """A comparison's evaluation takes the idle engine its training chunk handed back when it asks for
+    the training's KV cache size (CompareConfig.kv_cache_gib), instead of starting a second engine."""
+    import duotune.rollout as rollout
+    from duotune.analysis.compare_config import EvalProtocolCfg
+    from duotune.analysis.evalsets import EvalSet, score
+    from duotune.rollout import vllm as vmod
+
+    made = []
+
+    def recording(*args, **kwargs):
+        made.append(choose_sampler(*args, **kwargs)[0])
+        return made[-1], "line"
+
+    monkeypatch.setattr(rollout, "choose_sampler", recording)
+    bundle = load_model("tiny-qwen2-h32")
+    training = vmod.VLLMSampler(bundle, cpu_kv_cache_gib=1, seed=7)  # a training chunk's engine
+    llm = training.llm
+    training.close()
+    score(bundle, [EvalSet("probe", "in", _examples())],
+          EvalProtocolCfg(every=1, engine="vllm", max_new_tokens=4, batch_size=4), seed=0, kv_cache_gib=1)
+    (sampler,) = made
+    assert sampler.reused and sampler._key == training._key
+    assert any(e[0] is llm for idle in vmod._IDLE.values() for e in idle)  # handed back again

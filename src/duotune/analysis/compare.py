@@ -20,6 +20,7 @@ from duotune import jsonl
 from duotune.analysis.compare_config import CompareConfig
 from duotune.analysis.plan import BASE
 from duotune.errors import ConfigError
+from duotune.memory import release_host_memory, rss_gb
 from duotune.progress import library_progress
 
 STATUS_DONE, STATUS_FAILED = "done", "failed"
@@ -44,6 +45,11 @@ class Context:
             self._initial = load_model(self.cfg.model)
             self._initial.model.eval().requires_grad_(False)
         return self._initial
+
+    def drop_initial(self) -> None:
+        """Forget the cached initial model (reloaded by the next `initial()`): training does not need it,
+        and two workers of a comparison share one machine's memory."""
+        self._initial = None
 
     def refs(self) -> dict[str, list[Any]]:
         """Reference (prompt, response) sets of the dynamics map, made once and cached on disk."""
@@ -79,7 +85,7 @@ def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float, 
     t0 = time.perf_counter()
     point: dict[str, Any] = {"step": step, "wall_s": train_wall,
                              **score(bundle, ctx.sets, ctx.cfg.eval, seed, label=f"{method}-s{seed} step {step}",
-                                     progress=ctx.cfg.progress)}
+                                     progress=ctx.cfg.progress, kv_cache_gib=ctx.cfg.kv_cache_gib())}
     if step > 0:
         main = next(s for s in ctx.sets if s.name == ctx.cfg.main_set())
         point["kl_to_initial"] = kl_to_initial(bundle, ctx.initial(), main.examples, ctx.cfg.eval, seed)
@@ -88,6 +94,8 @@ def measure(ctx: Context, bundle: Any, seed: int, step: int, train_wall: float, 
     if len(ctx.cfg.map.references) >= 2:
         point["map"] = coordinates(bundle, ctx.refs())
     point["eval_wall_s"] = time.perf_counter() - t0
+    release_host_memory()  # the evaluation's freed buffers back to the OS (duotune.memory)
+    point["host_rss_gb"] = rss_gb()
     return point
 
 
@@ -136,6 +144,7 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: Call
         if done >= total:
             break
         stop = next(s for s in stops if s > done)
+        ctx.drop_initial()
         result = train(tcfg.model_copy(update={"run": tcfg.run.model_copy(update={"stop_after": stop})}))
         if result.global_step <= done:
             raise RuntimeError(f"training made no progress past step {done} in {run_dir}")
@@ -143,6 +152,7 @@ def run_method(ctx: Context, tcfg: Any, method: str, seed: int, base_point: Call
         _append(curve_file, curve, measure(ctx, result.bundle, seed, done, _train_wall(run_dir, done),
                                             method))
         del result
+        release_host_memory()
     points = [base_point()] + [curve[s] for s in sorted(curve)]
     if not ctx.cfg.keep_optimizer_state:  # train() prunes a run that reached its last step; a wall cap
         prune_finished(run_dir)           # can stop one earlier, and it is finished for the comparison

@@ -180,6 +180,14 @@ class CompareConfig(Cfg):
             raise ValueError(f"per_method names {extra}, which are not in methods {self.methods}")
         return self
 
+    def kv_cache_gib(self) -> int:
+        """The CPU vLLM KV cache size of the methods' rollout engines (`common`'s
+        rollout.vllm.cpu_kv_cache_gib, else its default), which the evaluation's engine takes too so
+        that it reuses the training's engine instead of starting a second one."""
+        from duotune.trainers.config import VLLMCfg
+
+        return int(self.common.get("rollout.vllm.cpu_kv_cache_gib", VLLMCfg().cpu_kv_cache_gib))
+
     def main_set(self) -> str:
         """The eval set that time-to-accuracy is measured on."""
         if self.target_set:

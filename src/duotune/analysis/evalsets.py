@@ -65,15 +65,23 @@ def _prepend(prompt: list[dict[str, Any]], shots: list[dict[str, str]]) -> list[
 
 
 def score(bundle: Any, sets: list[EvalSet], proto: EvalProtocolCfg, seed: int, *, label: str = "",
-          progress: bool = False) -> dict[str, Any]:
+          progress: bool = False, kv_cache_gib: int = 2) -> dict[str, Any]:
     """Accuracy (mean score over items x samples), mean length, truncated share per eval set, and
     `per_item`: each item's score (mean over its samples) in the set's order, which paired comparisons
     between methods scored on the same items read; with `progress` a bar per set named
     `eval <label> <set>` (the hf engine advances it after each generate batch, vllm once per set).
-    Sampled by `proto.engine` (`rollout.choose_sampler`); `eval_engine` in the result is its line."""
+    Sampled by `proto.engine` (`rollout.choose_sampler`); `eval_engine` in the result is its line. A
+    vLLM engine on a CPU gets `kv_cache_gib` of KV cache: the training's `rollout.vllm.cpu_kv_cache_gib`
+    lets the evaluation reuse the training chunk's idle engine (another size starts a second one)."""
     from duotune.rollout import SamplingParams, choose_sampler, close_sampler
 
-    sampler, line = choose_sampler(bundle, proto.engine, batch_size=proto.batch_size, setting="eval.engine")
+    def make_vllm() -> Any:
+        from duotune.rollout.vllm import VLLMSampler
+
+        return VLLMSampler(bundle, cpu_kv_cache_gib=kv_cache_gib)
+
+    sampler, line = choose_sampler(bundle, proto.engine, batch_size=proto.batch_size, make_vllm=make_vllm,
+                                   setting="eval.engine")
     params = SamplingParams(n=proto.n, temperature=proto.temperature, max_new_tokens=proto.max_new_tokens,
                             seed=seed)
     try:

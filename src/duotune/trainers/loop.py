@@ -19,6 +19,7 @@ import torch
 from duotune.config import save_config
 from duotune.data import load_examples
 from duotune.errors import ConfigError, DuotuneError
+from duotune.memory import release_host_memory, rss_gb
 from duotune.models import load_model, save_model
 from duotune.models.lora import apply_lora, is_peft, load_trainable_state, param_groups
 from duotune.paths import folder_size, human_size
@@ -290,6 +291,9 @@ def _run_stage(cfg: TrainConfig, k: int, begin: int, bundle: Any, accelerator: A
         record = train_step(st, step)
         record.update(step=begin + step + 1, stage=k, stage_step=step + 1, method=cfg.method,
                       **{"time/step": time.perf_counter() - t0})
+        release_host_memory()  # the step's freed buffers back to the OS (duotune.memory)
+        if (rss := rss_gb()) is not None:
+            record["perf/host_rss_gb"] = rss
         step += 1
         result.global_step, result.last_metrics = begin + step, record
         result.steps_run += 1

@@ -251,6 +251,9 @@ def _optimizer_step(st: StageState, loss: torch.Tensor) -> dict[str, float]:
     snap = guard.before_update(params, st.optimizer, st.scheduler, st.cfg.run.rollback) if guarded else None
     st.optimizer.step()
     st.scheduler.step()
+    # Free the gradients now, not at the next update (as HF Trainer/accelerate do): a policy-sized
+    # buffer would otherwise live through the rollouts, the scoring and any evaluation in between.
+    st.optimizer.zero_grad(set_to_none=True)
     if snap is not None and (why := guard.after_update(snap, params, st.optimizer, st.scheduler, st.cfg.run,
                                                          st.accelerator)):
         return _skip(st, why, rolled_back=True)
