@@ -145,3 +145,18 @@ def test_regime_a_resumes_from_the_store_and_saves_what_it_finished(tmp_path, mo
     assert seen == [["sft-s0.json"]]  # the workers found the earlier session's result and skip it
     assert sorted(p.name for p in store.glob("*.json")) == ["grpo-s0.json", "sft-s0.json"]
     assert arith_protocol.main([*args, "--sync"]) == 0 and len(seen) == 1  # --sync trains nothing
+
+
+def test_regime_b_teacher_only_builds_the_pool_and_sync_trains_nothing(stubs, tmp_path, monkeypatch):
+    import duotune.trainers as trainers
+
+    base = ["--regime", "b", "--config", str(TINY), "--teacher-steps", "1", "--teacher-prompts", "2",
+            "--store", str(tmp_path / "store"), f"recipes={ROOT / 'configs' / 'tiny'}"]
+    train = trainers.train
+    monkeypatch.setattr(trainers, "train", lambda cfg: pytest.fail("--sync trained the teacher"))
+    assert arith_protocol.main([*base, "--sync", f"output_dir={tmp_path / 'a'}"]) == 0
+    assert not stubs["pool"] and not stubs["demo"] and not (tmp_path / "store" / "tiny_teacher").exists()
+    monkeypatch.setattr(trainers, "train", train)
+    assert arith_protocol.main([*base, "--teacher-only", f"output_dir={tmp_path / 'a'}"]) == 0
+    assert len(stubs["pool"]) == 1 and not stubs["demo"]
+    assert (tmp_path / "store" / "tiny_teacher" / "pool" / "teacher_pool.json").is_file()

@@ -195,7 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=96, help="regime b: decode length of a teacher sample")
     p.add_argument("--store", default=str(STORE), help="committed copy of the finished results and the teacher's "
                    "pool, synced both ways before and after the runs (a fresh checkout resumes from it)")
-    p.add_argument("--sync", action="store_true", help="regimes a/b: only sync the store and the run folder")
+    p.add_argument("--sync", action="store_true", help="regimes a/b: only sync the store and the run folder "
+                   "(results, and regime b's pool), train nothing")
+    p.add_argument("--teacher-only", action="store_true", help="regime b: train the teacher and build its "
+                   "pool (into the store too), run no comparison")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the comparison config (e.g. seeds=[0])")
     return p
 
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from duotune import demo
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # flags may follow the key=value overrides
     args.config = args.config or str(PILOT if args.regime == "pilot" else CONFIG)
     cfg = load_config(CompareConfig, args.config, [f"recipes={REPO_ROOT / 'configs'}", *args.overrides])
     extra: list[str] = []
@@ -221,17 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     store = Path(args.store)
     if args.regime == "b":
         pool, pool_store = teacher_root(cfg) / "pool", store / f"{cfg.name}_teacher" / "pool"
-        if not sync_pool(pool, pool_store):  # no pool here or in the store: train the teacher, build it
+        have = sync_pool(pool, pool_store)
+        if not have and not args.sync:  # no pool here or in the store: train the teacher, build it
             model = train_teacher(cfg, steps=args.teacher_steps, prompts=args.teacher_prompts,
                                   lr=args.teacher_lr, seed=args.teacher_seed)
             teacher_pool(cfg, model, samples=args.samples, max_new_tokens=args.max_new_tokens)
-            sync_pool(pool, pool_store)
-        s = json.loads((pool / "teacher_pool.json").read_text())
-        print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
-              f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} tokens "
-              f"(program {s['mean_demo_tokens_programmatic']:.1f}); {s['data']}", flush=True)
+            have = sync_pool(pool, pool_store)
+        if have:
+            s = json.loads((pool / "teacher_pool.json").read_text())
+            print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
+                  f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} "
+                  f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}); {s['data']}", flush=True)
+            extra = [f"data.file={s['data']}", "data.generate=null"]
+        if args.teacher_only:
+            return 0
         root = root.with_name(f"{cfg.name}_teacher")
-        extra = [f"data.file={s['data']}", "data.generate=null"]
     results = store / root.name / "results"
     _report_sync(root.name, sync_results(root, results))
     if args.sync:
