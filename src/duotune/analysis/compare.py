@@ -67,6 +67,11 @@ def result_path(root: Path, method: str, seed: int) -> Path:
     return root / "results" / f"{method}-s{seed}.json"
 
 
+def finished(path: Path) -> bool:
+    """Whether `path` holds a finished result (`status: done`); a failed one is retried."""
+    return path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     jsonl.write_json(path, data)  # never half written, never another process's temporary file
@@ -110,7 +115,7 @@ def _train_wall(run_dir: Path, upto: int) -> float:
 def run_base(ctx: Context, seed: int) -> dict[str, Any]:
     """The initial model's evaluation (step 0 of every curve), cached in results/base-s<seed>.json."""
     path = result_path(ctx.root, BASE, seed)
-    if path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE:
+    if finished(path):
         return json.loads(path.read_text())
     point = measure(ctx, ctx.initial(), seed, 0, 0.0, BASE)
     res = {"method": BASE, "seed": seed, "status": STATUS_DONE, "curve": [point], "budget": None}
@@ -204,7 +209,7 @@ def _run_all(cfg: CompareConfig, root: Path) -> None:
             run_base(ctx, seed)
         for method in (m for m in cfg.methods if m != BASE):
             path = result_path(root, method, seed)
-            if path.is_file() and json.loads(path.read_text()).get("status") == STATUS_DONE:
+            if finished(path):
                 continue
             tcfg = configs[method][cfg.seeds.index(seed)]
             try:  # the base point is read (or made) when the method needs it: after its training, so a

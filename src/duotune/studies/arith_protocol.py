@@ -71,15 +71,16 @@ def sync_results(root: Path, store: Path) -> dict[str, list[str]]:
     and `store` (the committed copy): each side gets the files only the other has. A file on both sides
     that differs is left as it is and listed under `differ` (a re-run that did not reproduce). Failed
     results stay where they are: the next run retries them."""
-    import json
     import shutil
+
+    from duotune.analysis.compare import finished
 
     here, there = root / "results", store
     moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
 
-    def done(path: Path) -> bool:
+    def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
         try:
-            return json.loads(path.read_text()).get("status") == "done"
+            return finished(path)
         except (OSError, ValueError):
             return False
 
@@ -103,6 +104,8 @@ def sync_pool(pool: Path, store: Path) -> bool:
     import json
     import shutil
 
+    from duotune import jsonl
+
     names = ("data.jsonl", "teacher_pool.json")
     if all((pool / n).is_file() for n in names):
         if not all((store / n).is_file() for n in names):
@@ -115,7 +118,7 @@ def sync_pool(pool: Path, store: Path) -> bool:
     pool.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(store / "data.jsonl", pool / "data.jsonl")
     summary = {**json.loads((store / "teacher_pool.json").read_text()), "data": str(pool / "data.jsonl")}
-    (pool / "teacher_pool.json").write_text(json.dumps(summary, indent=2) + "\n")
+    jsonl.write_json(pool / "teacher_pool.json", summary)
     return True
 
 
@@ -206,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    from duotune import demo
+    from duotune import demo, jsonl
 
     args = _parser().parse_intermixed_args(argv)  # flags may follow the key=value overrides
     args.config = args.config or str(PILOT if args.regime == "pilot" else CONFIG)
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                               str(args.jobs), *args.overrides])
         curves = pilot_curves(root, [m for m in cfg.methods if m != "base"], cfg.seeds[0])
         decision = {**pilot_rule(curves), "curves": curves}
-        (root / "pilot_decision.json").write_text(json.dumps(decision, indent=2) + "\n")
+        jsonl.write_json(root / "pilot_decision.json", decision)
         print(f"[protocol] pilot: gains {decision['gains']}; T = {decision['T']} ({decision['rule']})")
         return rc
     store = Path(args.store)
