@@ -264,3 +264,27 @@ def test_the_evaluation_asks_for_the_training_engines_kv_cache_size(tmp_path, mo
     for c in (cfg, cfg.model_copy(update={"common": {**cfg.common, "rollout.vllm.cpu_kv_cache_gib": 3}})):
         compare.measure(Ctx(c), None, 0, 0, 0.0, "base")
     assert seen == [2, 3]
+
+
+def test_the_initial_model_is_not_held_while_a_chunk_trains(tmp_path, monkeypatch):
+    """The KL probe's initial model is dropped before each training chunk (two workers share one
+    machine's memory) and loaded again for the next probe."""
+    import duotune.trainers as trainers
+    from duotune.analysis import compare
+
+    contexts, held, train = [], [], trainers.train
+    init = compare.Context.__init__
+
+    def spy_init(self, *a, **kw):
+        init(self, *a, **kw)
+        contexts.append(self)
+
+    def spy_train(cfg):
+        held.append(contexts[-1]._initial is not None)
+        return train(cfg)
+
+    monkeypatch.setattr(compare.Context, "__init__", spy_init)
+    monkeypatch.setattr(trainers, "train", spy_train)
+    run_compare(_cfg(tmp_path, "methods=[base, sft]"), report=False)
+    assert held == [False, False]  # two chunks (eval every step), neither with the initial model loaded
+    assert contexts[-1]._initial is not None  # the last probe loaded it again
