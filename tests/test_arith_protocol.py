@@ -112,20 +112,42 @@ def test_sync_results_copies_finished_results_both_ways_and_never_overwrites(tmp
     root, store = tmp_path / "run", tmp_path / "store"
     _result(root / "results" / "sft-s0.json")
     _result(root / "results" / "grpo-s0.json", status="failed")
-    _result(store / "srft-s1.json", acc=0.7)
-    _result(store / "luffy-s0.json", status="failed")
+    _result(store / "results" / "srft-s1.json", acc=0.7)
+    _result(store / "results" / "luffy-s0.json", status="failed")
     _result(root / "results" / "base-s0.json", acc=0.36)
-    _result(store / "base-s0.json", acc=0.40)
+    _result(store / "results" / "base-s0.json", acc=0.40)
     moved = arith_protocol.sync_results(root, store)
     assert moved == {"to_store": ["sft-s0.json"], "from_store": ["srft-s1.json"], "differ": ["base-s0.json"]}
-    assert sorted(p.name for p in store.glob("*.json")) == ["base-s0.json", "luffy-s0.json", "sft-s0.json",
-                                                              "srft-s1.json"]
+    assert sorted(p.name for p in (store / "results").glob("*.json")) == ["base-s0.json", "luffy-s0.json",
+                                                                          "sft-s0.json", "srft-s1.json"]
     assert sorted(p.name for p in (root / "results").glob("*.json")) == ["base-s0.json", "grpo-s0.json",
                                                                          "sft-s0.json", "srft-s1.json"]
-    assert json.loads((store / "base-s0.json").read_text())["curve"][0]["acc"] == 0.40  # kept both
+    assert json.loads((store / "results" / "base-s0.json").read_text())["curve"][0]["acc"] == 0.40  # kept both
     assert json.loads((root / "results" / "base-s0.json").read_text())["curve"][0]["acc"] == 0.36
     assert arith_protocol.sync_results(root, store) == {"to_store": [], "from_store": [],
                                                         "differ": ["base-s0.json"]}
+
+
+def test_sync_results_carries_a_finished_runs_training_log_both_ways(tmp_path):
+    """The report's entropy test (H3), its length/reward correlations (H7) and the training plots read
+    runs/<method>-s<seed>/metrics.jsonl: a result restored without it loses them on a fresh checkout."""
+    root, store = tmp_path / "run", tmp_path / "store"
+    for side, stem, status in ((root, "grpo-s0", "done"), (root, "srft-s0", "failed"), (store, "sft-s1", "done")):
+        _result(side / "results" / f"{stem}.json", status=status)
+        run = side / "runs" / stem
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "entropy/on_policy": 0.5}) + "\n")
+        (run / "config.yaml").write_text(f"method: {stem}\n")
+        (run / "checkpoint-000030").mkdir()  # weights stay where they are
+    arith_protocol.sync_results(root, store)
+    for side, stem in ((store, "grpo-s0"), (root, "sft-s1")):
+        assert sorted(p.name for p in (side / "runs" / stem).iterdir()) == ["config.yaml", "metrics.jsonl"]
+        assert json.loads((side / "runs" / stem / "metrics.jsonl").read_text())["entropy/on_policy"] == 0.5
+    assert not (store / "runs" / "srft-s0").exists()  # an unfinished run's log stays with it
+    # a restored result whose log an earlier version of the store never kept: nothing to copy, no error
+    _result(store / "results" / "luffy-s0.json")
+    arith_protocol.sync_results(root, store)
+    assert (root / "results" / "luffy-s0.json").is_file() and not (root / "runs" / "luffy-s0").exists()
 
 
 def test_regime_a_resumes_from_the_store_and_saves_what_it_finished(tmp_path, monkeypatch):

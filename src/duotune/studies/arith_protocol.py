@@ -15,8 +15,8 @@
 Each step is skipped when its output is on disk, so re-running the command continues the study.
 The study outlives one machine's run folders through `--store` (default `docs/protocol_runs`, committed):
 before and after the runs, every finished result (`results/<method>-s<seed>.json`, the curve with its
-per-item scores) and the teacher's pool are copied both ways between the store and the run folders
-(`sync_results`), so a fresh checkout trains only what no earlier session finished (`--sync` copies
+per-item scores, and its run's training log `runs/<method>-s<seed>/metrics.jsonl` with its config) and
+the teacher's pool are copied both ways between the store and the run folders (`sync_results`), so a fresh checkout trains only what no earlier session finished (`--sync` copies
 and trains nothing).
 `python -m duotune.studies.arith_protocol --regime b`. Imports the analysis, the trainers and the
 models lazily.
@@ -66,16 +66,23 @@ def pilot_curves(root: Path, methods: list[str], seed: int = 0) -> dict[str, dic
     return out
 
 
+# What a finished run keeps in the store besides its result: the training log the report reads (the
+# entropy test, the length/reward correlations, the training plots) and the run's resolved config.
+# Checkpoints and rollouts stay in the run folder (hundreds of MB a run).
+RUN_FILES = ("metrics.jsonl", "config.yaml")
+
+
 def sync_results(root: Path, store: Path) -> dict[str, list[str]]:
-    """Copy finished results (`status: done`) both ways between `root/results` (a comparison folder)
-    and `store` (the committed copy): each side gets the files only the other has. A file on both sides
-    that differs is left as it is and listed under `differ` (a re-run that did not reproduce). Failed
-    results stay where they are: the next run retries them."""
+    """Copy finished results (`status: done`) both ways between `root` (a comparison folder) and
+    `store` (its committed copy, laid out the same way): `results/<method>-s<seed>.json`, and with each
+    finished result its run's RUN_FILES under `runs/<method>-s<seed>/`. Each side gets the files only
+    the other has. A result on both sides that differs is left as it is and listed under `differ` (a
+    re-run that did not reproduce; training logs always differ in their timings and are not compared).
+    Failed results and unfinished runs stay where they are: the next run retries them."""
     import shutil
 
     from duotune.analysis.compare import finished
 
-    here, there = root / "results", store
     moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
 
     def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
@@ -84,17 +91,25 @@ def sync_results(root: Path, store: Path) -> dict[str, list[str]]:
         except (OSError, ValueError):
             return False
 
-    for src, dst, key in ((here, there, "to_store"), (there, here, "from_store")):
-        for f in sorted(src.glob("*.json")) if src.is_dir() else []:
+    def copy_missing(src: Path, dst: Path) -> bool:
+        if dst.exists() or not src.is_file():
+            return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return True
+
+    for src, dst, key in ((root, store, "to_store"), (store, root, "from_store")):
+        results = src / "results"
+        for f in sorted(results.glob("*.json")) if results.is_dir() else []:
             if not done(f):
                 continue
-            target = dst / f.name
-            if not target.exists():
-                dst.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, target)
+            target = dst / "results" / f.name
+            if copy_missing(f, target):
                 moved[key].append(f.name)
             elif key == "to_store" and target.read_bytes() != f.read_bytes():
                 moved["differ"].append(f.name)
+            for name in RUN_FILES:
+                copy_missing(src / "runs" / f.stem / name, dst / "runs" / f.stem / name)
     return moved
 
 
@@ -242,13 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.teacher_only:
             return 0
         root = root.with_name(f"{cfg.name}_teacher")
-    results = store / root.name / "results"
-    _report_sync(root.name, sync_results(root, results))
+    _report_sync(root.name, sync_results(root, store / root.name))
     if args.sync:
         return 0
     rc = demo.main(["--config", args.config, "--run-dir", str(root), "--jobs", str(args.jobs),
                     *args.overrides, *extra])
-    _report_sync(root.name, sync_results(root, results))
+    _report_sync(root.name, sync_results(root, store / root.name))
     return rc
 
 
