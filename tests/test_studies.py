@@ -77,6 +77,11 @@ def test_vlaa_tiny_three_arms_same_budget_and_per_type_curves(warm, tmp_path):
     assert all(r[0] == "H6 GRPO > SFT -> GRPO" and r[-1] in ("held", "did not hold", "inconclusive")
                for r in rec["claims"]["rows"])
     assert "## Claim H6" in (tmp_path / "vlaa.md").read_text()
+    # a re-run (a new session) reuses the finished runs (<out>/results) instead of training again
+    stamp = (tmp_path / "runs" / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns
+    again = vlaa.run("tiny", tmp_path, warmup=warm)
+    assert again["table"] == rec["table"] and again["results"] == rec["results"]
+    assert (tmp_path / "runs" / "grpo-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
 
 
 def test_sft_then_grpo_splits_the_budget_and_keeps_the_grpo_stage_settings():
@@ -165,6 +170,21 @@ def test_scale_overrides_from_the_command_line():
         get_scale("cpu", steps=0)
     with pytest.raises(ConfigError, match="unknown scale field 'lr'"):
         get_scale("cpu", lr=1e-3)
+
+
+def test_othink_continues_from_the_store_on_a_fresh_folder(warm, tmp_path, monkeypatch):
+    """A new session has no run folder: the finished runs come back from the committed store (results
+    and the training logs the KL-schedule check and the curves read), and nothing is trained again."""
+    store = tmp_path / "store"
+    first = othink.run("tiny", tmp_path / "a", tasks=("counting",), methods=("grpo_d",), warmup=warm, store=store)
+    assert sorted(p.name for p in (store / "results").iterdir()) == ["base.json", "counting-grpo_d-s0.json"]
+    assert sorted(p.name for p in (store / "runs" / "counting-grpo_d-s0").iterdir()) == ["config.yaml",
+                                                                                         "metrics.jsonl"]
+    monkeypatch.setattr(othink, "run_recipe", lambda *a, **k: pytest.fail("trained a finished run again"))
+    again = othink.run("tiny", tmp_path / "b", tasks=("counting",), methods=("grpo_d",), warmup=warm, store=store)
+    assert again["matrix"] == first["matrix"] and again["schedule"] == first["schedule"]
+    at = again["schedule"]["counting-grpo_d-s0"]["at"]  # all None without the restored training log
+    assert at and all(p is not None and p["kl/beta"] > 0 for p in at.values())
 
 
 def test_othink_reuses_finished_runs_only_under_the_same_settings(warm, tmp_path):

@@ -32,8 +32,8 @@ from duotune.analysis.compare_config import CompareConfig
 from duotune.config import load_config
 from duotune.errors import ConfigError
 from duotune.paths import REPO_ROOT
+from duotune.studies.store import STORE, report_sync, sync_store
 
-STORE = REPO_ROOT / "docs" / "protocol_runs"
 CONFIG = REPO_ROOT / "configs" / "compare" / "protocol_arith.yaml"
 PILOT = REPO_ROOT / "configs" / "compare" / "protocol_pilot.yaml"
 
@@ -66,51 +66,12 @@ def pilot_curves(root: Path, methods: list[str], seed: int = 0) -> dict[str, dic
     return out
 
 
-# What a finished run keeps in the store besides its result: the training log the report reads (the
-# entropy test, the length/reward correlations, the training plots) and the run's resolved config.
-# Checkpoints and rollouts stay in the run folder (hundreds of MB a run).
-RUN_FILES = ("metrics.jsonl", "config.yaml")
-
-
 def sync_results(root: Path, store: Path) -> dict[str, list[str]]:
-    """Copy finished results (`status: done`) both ways between `root` (a comparison folder) and
-    `store` (its committed copy, laid out the same way): `results/<method>-s<seed>.json`, and with each
-    finished result its run's RUN_FILES under `runs/<method>-s<seed>/`. Each side gets the files only
-    the other has. A result on both sides that differs is left as it is and listed under `differ` (a
-    re-run that did not reproduce; training logs always differ in their timings and are not compared).
-    Failed results and unfinished runs stay where they are: the next run retries them."""
-    import shutil
-
+    """`studies.store.sync_store` for a comparison folder: a result is finished when `status: done`
+    (failed results stay where they are, and the next run retries them)."""
     from duotune.analysis.compare import finished
 
-    moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
-
-    def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
-        try:
-            return finished(path)
-        except (OSError, ValueError):
-            return False
-
-    def copy_missing(src: Path, dst: Path) -> bool:
-        if dst.exists() or not src.is_file():
-            return False
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        return True
-
-    for src, dst, key in ((root, store, "to_store"), (store, root, "from_store")):
-        results = src / "results"
-        for f in sorted(results.glob("*.json")) if results.is_dir() else []:
-            if not done(f):
-                continue
-            target = dst / "results" / f.name
-            if copy_missing(f, target):
-                moved[key].append(f.name)
-            elif key == "to_store" and target.read_bytes() != f.read_bytes():
-                moved["differ"].append(f.name)
-            for name in RUN_FILES:
-                copy_missing(src / "runs" / f.stem / name, dst / "runs" / f.stem / name)
-    return moved
+    return sync_store(root, store, finished)
 
 
 def sync_pool(pool: Path, store: Path) -> bool:
@@ -135,12 +96,6 @@ def sync_pool(pool: Path, store: Path) -> bool:
     summary = {**json.loads((store / "teacher_pool.json").read_text()), "data": str(pool / "data.jsonl")}
     jsonl.write_json(pool / "teacher_pool.json", summary)
     return True
-
-
-def _report_sync(name: str, moved: dict[str, list[str]]) -> None:
-    print(f"[protocol] {name}: {len(moved['from_store'])} finished results from the store, "
-          f"{len(moved['to_store'])} into it" + (f"; differ (kept both): {moved['differ']}" if moved["differ"] else ""),
-          flush=True)
 
 
 def teacher_root(cfg: CompareConfig) -> Path:
@@ -257,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.teacher_only:
             return 0
         root = root.with_name(f"{cfg.name}_teacher")
-    _report_sync(root.name, sync_results(root, store / root.name))
+    report_sync(root.name, sync_results(root, store / root.name))
     if args.sync:
         return 0
     rc = demo.main(["--config", args.config, "--run-dir", str(root), "--jobs", str(args.jobs),
                     *args.overrides, *extra])
-    _report_sync(root.name, sync_results(root, store / root.name))
+    report_sync(root.name, sync_results(root, store / root.name))
     return rc
 
 

@@ -6,8 +6,9 @@ GRPO-D does) of docs/protocol.md as paired intervals with verdicts, the KL-sched
 matrix (markdown + JSON) and the training curves.
 
 `python -m duotune.studies.othink --scale cpu --out runs/othink` (`--scale protocol`: the protocol's
-60 steps, 400 items per task, 3 seeds). Imports the studies' modules,
-models and eval's matrix helpers.
+60 steps, 400 items per task, 3 seeds). Finished runs are reused (`<out>/results`) and, at the protocol
+scale, kept in the committed store `docs/protocol_runs/<out name>` (`studies.store`), so the study
+spans sessions. Imports the studies' modules, models and eval's matrix helpers.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from duotune.errors import ConfigError
 from duotune.eval import build_matrix, matrix_markdown
 from duotune.studies.common import (
     CLAIM_HEADER,
@@ -43,6 +42,7 @@ from duotune.studies.common import (
     write_report,
     write_split,
 )
+from duotune.studies.store import FinishedRuns, add_store_arg, stored, study_store, warmup_settings
 from duotune.studies.warmup import ensure_warmup
 
 TASKS = ("counting", "geometry")
@@ -59,11 +59,13 @@ def evaluate_all(bundle: Any, tests: dict[str, list[Any]], max_new_tokens: int) 
 
 
 def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Names = tuple(METHODS),
-        warmup: Path | None = None) -> dict[str, Any]:
+        warmup: Path | None = None, store: Path | None = None) -> dict[str, Any]:
     """Run every (train task, method), evaluate on every task; write tables and curves into `out`.
 
-    Finished runs are reused from `<out>/results` when they were made with the same scale and warm-up;
-    a folder made with other settings is a ConfigError (use another `out`)."""
+    Finished runs are reused from `<out>/results` when they were made with the same scale and warm-up
+    (its path and weights); a folder made with other settings is a ConfigError (use another `out`).
+    With `store` (`studies.store`), finished runs are copied both ways with it before the first run
+    and after each, so a new session continues the study."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
@@ -75,12 +77,14 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                            PROMPT_STYLE) for t in TASKS}
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    done = _Done(out / "results", {**asdict(scale), "warmup": str(base)})
+    done = FinishedRuns(out / "results", warmup_settings(scale, base))
+    saved = stored(out, store)
     if not done.load("base", results, timings):
         t0 = time.perf_counter()
         results["base"] = evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)
         timings["eval/base"] = time.perf_counter() - t0
         done.save("base", results, timings)
+        saved()
     for task in tasks:
         train = write_split(task, scale.train_items, "train", out / "data", scale.image_size)
         for method in methods:
@@ -97,6 +101,7 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                 timings[f"eval/{name}"] = time.perf_counter() - t0
                 res.bundle = None  # free the weights before the next run
                 done.save(name, results, timings)
+                saved()
         plot_curves({f"{METHODS[m]} s{k}": out / "runs" / seeded(f"{task}-{m}", k) / "metrics.jsonl"
                      for m in methods for k in range(scale.seeds)},
                     ["reward/mean", "kl/beta", "kl/mean", "completion/len_mean"], out / f"curves_{task}.png",
@@ -106,37 +111,6 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                 for t in tasks for m in methods if m != "sft" for k in range(scale.seeds)}
     timings["total"] = time.perf_counter() - t_start
     return write_tables(out, results, tasks, methods, timings, scale, str(base), schedule)
-
-
-class _Done:
-    """Finished runs' results under `<out>/results/<name>.json`, so a re-run (e.g. adding a task)
-    reuses them instead of training again; delete the file to redo one run. Each file records the
-    settings (the scale's fields and the warm-up path, JSON values) it was made with; reusing it under
-    other settings raises ConfigError naming the fields that differ."""
-
-    def __init__(self, folder: Path, settings: dict[str, Any]):
-        self.folder = folder
-        self.settings = settings
-
-    def load(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> bool:
-        path = self.folder / f"{name}.json"
-        if not path.is_file():
-            return False
-        rec = json.loads(path.read_text())
-        made = rec.get("settings", self.settings)  # files of older versions carry none
-        diff = sorted(k for k in made.keys() | self.settings.keys() if made.get(k) != self.settings.get(k))
-        if diff:
-            raise ConfigError(f"{path} was made with other settings ({', '.join(diff)} differ); "
-                              "give another --out, or delete the file to redo that run")
-        results[name] = rec["results"]
-        timings.update(rec["timings"])
-        return True
-
-    def save(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        mine = {k: v for k, v in timings.items() if k.endswith(f"/{name}")}
-        (self.folder / f"{name}.json").write_text(json.dumps({"results": results[name], "timings": mine,
-                                                              "settings": self.settings}))
 
 
 def table1(results: dict[str, Any], tasks: Names, methods: Names, seeds: int = 1) -> Table:
@@ -231,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help="training tasks, comma-separated")
     p.add_argument("--methods", default=",".join(METHODS), help="methods: sft,grpo,grpo_d")
     p.add_argument("--warmup", default=None, help="warmed-up checkpoint (default: warm up into <out>/warmup)")
+    add_store_arg(p)
     args = p.parse_args(argv)
     rec = run(scale_from_args(args), Path(args.out), tasks=tuple(args.tasks.split(",")),
-              methods=tuple(args.methods.split(",")), warmup=Path(args.warmup) if args.warmup else None)
+              methods=tuple(args.methods.split(",")), warmup=Path(args.warmup) if args.warmup else None,
+              store=study_store(args.store, args.scale, Path(args.out)))
     print((Path(args.out) / "othink.md").read_text())
     print(json.dumps(rec["timings"], indent=1))
     return 0

@@ -6,7 +6,9 @@ held-out mixed split, with per-type training-reward curves (`reward/mixed/<type>
 docs/protocol.md's H6 (GRPO alone > SFT -> GRPO) is decided by paired intervals, overall and per type.
 
 `python -m duotune.studies.vlaa --scale cpu --out runs/vlaa` (`--scale protocol`: 60 steps, 200 items
-per type, 3 seeds). Imports the studies' modules and models.
+per type, 3 seeds). Finished runs are reused (`<out>/results`) and, at the protocol scale, kept in the
+committed store `docs/protocol_runs/<out name>` (`studies.store`), so the study spans sessions.
+Imports the studies' modules and models.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from duotune.studies.common import (
     write_mixture,
     write_report,
 )
+from duotune.studies.store import FinishedRuns, add_store_arg, stored, study_store, warmup_settings
 from duotune.studies.warmup import ensure_warmup
 
 # task -> the reward type its rows carry (set by the generators; listed for the report)
@@ -58,8 +61,12 @@ def arm_overrides(arm: str, scale: Any) -> list[str]:
 
 
 def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARMS),
-        warmup: Path | None = None) -> dict[str, Any]:
-    """Train every arm on the mixed split, evaluate each (and the base) per reward type, write tables."""
+        warmup: Path | None = None, store: Path | None = None) -> dict[str, Any]:
+    """Train every arm on the mixed split, evaluate each (and the base) per reward type, write tables.
+
+    Finished runs are reused from `<out>/results` when made with the same scale and warm-up (its path
+    and weights; other settings are a ConfigError). With `store` (`studies.store`) they are copied
+    both ways with it before the first run and after each, so a new session continues the study."""
     from duotune.models import load_model
 
     scale = get_scale(scale_name)
@@ -72,13 +79,22 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
                           scale.image_size, 0)
     test = load_split(write_mixture([(t, max(1, scale.test_items // 2)) for t in MIXTURE], "test",
                                     out / "data" / "mixed-test", scale.image_size, 1), PROMPT_STYLE)
-    t0 = time.perf_counter()
-    results = {"base": evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens)}
-    timings = {"eval/base": time.perf_counter() - t0}
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    done = FinishedRuns(out / "results", warmup_settings(scale, base))
+    saved = stored(out, store)
+    if not done.load("base", results, timings):
+        t0 = time.perf_counter()
+        results["base"] = evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens)
+        timings["eval/base"] = time.perf_counter() - t0
+        done.save("base", results, timings)
+        saved()
     for arm in arms:
         lr = scale.sft_lr if arm == "sft" else scale.rl_lr
         for seed in range(scale.seeds):
             name = seeded(arm, seed)
+            if done.load(name, results, timings):
+                continue
             overrides = (scale_overrides(scale, str(base), out / "runs", name, train, lr, seed)
                          + arm_overrides(arm, scale))
             res, seconds = run_recipe(f"vlaa_{arm}", overrides)
@@ -87,6 +103,8 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
             results[name] = evaluate_examples(res.bundle, test, "mixed", scale.eval_max_new_tokens)
             timings[f"eval/{name}"] = time.perf_counter() - t0
             res.bundle = None
+            done.save(name, results, timings)
+            saved()
     types = sorted(set(MIXTURE.values()))
     plot_curves({f"{ARMS[a]} s{k}": out / "runs" / seeded(a, k) / "metrics.jsonl"
                  for a in arms if a != "sft" for k in range(scale.seeds)},
@@ -139,12 +157,15 @@ def write_tables(out: Path, results: dict[str, Any], arms: tuple[str, ...], type
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m duotune.studies.vlaa", description=__doc__)
     add_scale_args(p)
-    p.add_argument("--out", default="runs/vlaa", help="output folder (tables, curves, runs)")
+    p.add_argument("--out", default="runs/vlaa", help="output folder (tables, curves, runs); finished "
+                   "runs in it are reused when made with the same settings")
     p.add_argument("--arms", default=",".join(ARMS), help="arms: grpo,sft,sft_then_grpo")
     p.add_argument("--warmup", default=None, help="warmed-up checkpoint (default: warm up into <out>/warmup)")
+    add_store_arg(p)
     args = p.parse_args(argv)
     rec = run(scale_from_args(args), Path(args.out), arms=tuple(args.arms.split(",")),
-              warmup=Path(args.warmup) if args.warmup else None)
+              warmup=Path(args.warmup) if args.warmup else None,
+              store=study_store(args.store, args.scale, Path(args.out)))
     print((Path(args.out) / "vlaa.md").read_text())
     print(json.dumps(rec["timings"], indent=1))
     return 0
