@@ -35,6 +35,14 @@ def test_warmup_saves_a_reusable_checkpoint(warm):
     assert ensure_warmup(get_scale("tiny"), warm.parents[1]) == warm
 
 
+def test_a_warmup_trained_again_reproduces_its_weights(warm, tmp_path):
+    """A new session retrains the warm-up (its checkpoint is not committed); the store's finished runs
+    are reused only if it comes out the same (studies.store.warmup_settings), so it must."""
+    from duotune.studies.store import weights_fingerprint
+
+    assert weights_fingerprint(ensure_warmup(get_scale("tiny"), tmp_path)) == weights_fingerprint(warm)
+
+
 def test_othink_tiny_writes_table1_cross_task_and_matrix(warm, tmp_path):
     rec = othink.run("tiny", tmp_path, tasks=("counting",), methods=("sft", "grpo_d"), warmup=warm)
     assert rec["table1"]["header"] == ["model", "counting"]
