@@ -52,18 +52,18 @@ def _checkpoint(folder: Path, weights: bytes) -> Path:
 
 def test_a_finished_run_is_not_reused_on_a_warmup_with_other_weights(tmp_path):
     warm = _checkpoint(tmp_path / "warmup" / "final", b"\x00" * 64)
-    runs = FinishedRuns(tmp_path / "results", warmup_settings(_Scale("protocol", 60), warm))
+    runs = FinishedRuns(tmp_path, warmup_settings(_Scale("protocol", 60), warm))
     runs.save("base", {"base": {"acc": 0.5}}, {"eval/base": 3.0, "eval/other": 9.0})
     got, timings = {}, {}
-    again = FinishedRuns(tmp_path / "results", warmup_settings(_Scale("protocol", 60), warm))
+    again = FinishedRuns(tmp_path, warmup_settings(_Scale("protocol", 60), warm))
     assert again.load("base", got, timings) and got == {"base": {"acc": 0.5}} and timings == {"eval/base": 3.0}
     assert not again.load("grpo-s0", got, timings)
     _checkpoint(warm, b"\x00" * 63 + b"\x01")  # the warm-up trained again and came out different
-    retrained = FinishedRuns(tmp_path / "results", warmup_settings(_Scale("protocol", 60), warm))
+    retrained = FinishedRuns(tmp_path, warmup_settings(_Scale("protocol", 60), warm))
     with pytest.raises(ConfigError, match=r"base\.json was made with other settings \(warmup_sha256 differ\)"):
         retrained.load("base", {}, {})
     with pytest.raises(ConfigError, match="steps differ"):
-        FinishedRuns(tmp_path / "results", {**again.settings, "steps": 30}).load("base", {}, {})
+        FinishedRuns(tmp_path, {**again.settings, "steps": 30}).load("base", {}, {})
 
 
 def test_weights_fingerprint_covers_every_weight_file_and_needs_one(tmp_path):

@@ -42,7 +42,7 @@ from duotune.studies.common import (
     write_report,
     write_split,
 )
-from duotune.studies.store import FinishedRuns, add_store_arg, stored, study_store, warmup_settings
+from duotune.studies.store import FinishedRuns, add_store_arg, study_store, warmup_settings
 from duotune.studies.warmup import ensure_warmup
 
 TASKS = ("counting", "geometry")
@@ -77,14 +77,8 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                            PROMPT_STYLE) for t in TASKS}
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    done = FinishedRuns(out / "results", warmup_settings(scale, base))
-    saved = stored(out, store)
-    if not done.load("base", results, timings):
-        t0 = time.perf_counter()
-        results["base"] = evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens)
-        timings["eval/base"] = time.perf_counter() - t0
-        done.save("base", results, timings)
-        saved()
+    done = FinishedRuns(out, warmup_settings(scale, base), store)
+    done.evaluated("base", results, timings, lambda: evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens))
     for task in tasks:
         train = write_split(task, scale.train_items, "train", out / "data", scale.image_size)
         for method in methods:
@@ -101,7 +95,6 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
                 timings[f"eval/{name}"] = time.perf_counter() - t0
                 res.bundle = None  # free the weights before the next run
                 done.save(name, results, timings)
-                saved()
         plot_curves({f"{METHODS[m]} s{k}": out / "runs" / seeded(f"{task}-{m}", k) / "metrics.jsonl"
                      for m in methods for k in range(scale.seeds)},
                     ["reward/mean", "kl/beta", "kl/mean", "completion/len_mean"], out / f"curves_{task}.png",

@@ -9,12 +9,13 @@ in the repository (`docs/protocol_runs/<folder name>`, laid out like the folder)
   run's RUN_FILES under `runs/<run>/` (its training log, which the reports' entropy tests, schedule
   checks and curves read, and its resolved config). Each side gets what only the other has; nothing
   is overwritten. Checkpoints and rollouts stay in the run folder (hundreds of MB a run).
-- `FinishedRuns(folder, settings)`: the vision studies' record of finished runs
-  (`<folder>/<run>.json`), reused only when made with the same settings.
+- `FinishedRuns(out, settings, store)`: the vision studies' record of finished runs
+  (`<out>/results/<run>.json`), reused only when made with the same settings, synced with the store
+  after each.
 - `weights_fingerprint(path)` (in `warmup_settings`): a checkpoint's weights as one hash, so a result
   restored from the store is not mixed with runs from a warm-up that was trained again and came out
   different.
-- `add_store_arg`, `study_store`, `stored`: the vision studies' `--store` flag and its sync.
+- `add_store_arg`, `study_store`: the vision studies' `--store` flag.
 
 Imports only the standard library and duotune's errors, jsonl and paths.
 """
@@ -26,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,16 +104,6 @@ def study_store(given: str | None, scale: str, out: Path) -> Path | None:
     return None if given == "none" else Path(given) / Path(out).name
 
 
-def stored(root: Path, store: Path | None) -> Callable[[], None]:
-    """Sync `root` with `store` now (when there is one) and return the call that syncs it again."""
-    def sync() -> None:
-        if store is not None:
-            report_sync(str(store), sync_store(root, store))
-
-    sync()
-    return sync
-
-
 def warmup_settings(scale: Any, warmup: Path) -> dict[str, Any]:
     """What a vision study's finished run was made with: the scale's fields (a dataclass), the
     warm-up's path and its weights' fingerprint (a warm-up trained again that came out different
@@ -134,14 +126,21 @@ def weights_fingerprint(path: Path) -> str:
 
 
 class FinishedRuns:
-    """Finished runs' results under `<folder>/<name>.json`, so a re-run (a new session, another task)
-    reuses them instead of training again; delete a file to redo that run. Each file records the
+    """Finished runs' results under `<out>/results/<name>.json`, so a re-run (a new session, another
+    task) reuses them instead of training again; delete a file to redo that run. Each file records the
     settings (JSON values: the scale's fields, the warm-up's path and fingerprint) it was made with;
-    reusing it under other settings raises ConfigError naming the fields that differ."""
+    reusing it under other settings raises ConfigError naming the fields that differ. With a `store`,
+    `<out>` is synced with it (`sync_store`) now and after every save."""
 
-    def __init__(self, folder: Path, settings: dict[str, Any]):
-        self.folder = folder
+    def __init__(self, out: Path, settings: dict[str, Any], store: Path | None = None):
+        self.out, self.folder = Path(out), Path(out) / "results"
         self.settings = settings
+        self.store = store
+        self.sync()
+
+    def sync(self) -> None:
+        if self.store is not None:
+            report_sync(str(self.store), sync_store(self.out, self.store))
 
     def load(self, name: str, results: dict[str, Any], timings: dict[str, float]) -> bool:
         path = self.folder / f"{name}.json"
@@ -163,3 +162,13 @@ class FinishedRuns:
         # atomic: a crash mid-write leaves no half file for the next session to reuse
         write_json(self.folder / f"{name}.json", {"results": results[name], "timings": mine,
                                                   "settings": self.settings})
+        self.sync()
+
+    def evaluated(self, name: str, results: dict[str, Any], timings: dict[str, float],
+                  evaluate: Callable[[], Any]) -> None:
+        """results[name]: the finished one, or `evaluate()` timed as `eval/<name>` and saved."""
+        if not self.load(name, results, timings):
+            t0 = time.perf_counter()
+            results[name] = evaluate()
+            timings[f"eval/{name}"] = time.perf_counter() - t0
+            self.save(name, results, timings)

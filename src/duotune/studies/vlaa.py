@@ -40,7 +40,7 @@ from duotune.studies.common import (
     write_mixture,
     write_report,
 )
-from duotune.studies.store import FinishedRuns, add_store_arg, stored, study_store, warmup_settings
+from duotune.studies.store import FinishedRuns, add_store_arg, study_store, warmup_settings
 from duotune.studies.warmup import ensure_warmup
 
 # task -> the reward type its rows carry (set by the generators; listed for the report)
@@ -81,14 +81,8 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
                                     out / "data" / "mixed-test", scale.image_size, 1), PROMPT_STYLE)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    done = FinishedRuns(out / "results", warmup_settings(scale, base))
-    saved = stored(out, store)
-    if not done.load("base", results, timings):
-        t0 = time.perf_counter()
-        results["base"] = evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens)
-        timings["eval/base"] = time.perf_counter() - t0
-        done.save("base", results, timings)
-        saved()
+    done = FinishedRuns(out, warmup_settings(scale, base), store)
+    done.evaluated("base", results, timings, lambda: evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens))
     for arm in arms:
         lr = scale.sft_lr if arm == "sft" else scale.rl_lr
         for seed in range(scale.seeds):
@@ -104,7 +98,6 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
             timings[f"eval/{name}"] = time.perf_counter() - t0
             res.bundle = None
             done.save(name, results, timings)
-            saved()
     types = sorted(set(MIXTURE.values()))
     plot_curves({f"{ARMS[a]} s{k}": out / "runs" / seeded(a, k) / "metrics.jsonl"
                  for a in arms if a != "sft" for k in range(scale.seeds)},
