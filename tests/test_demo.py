@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from duotune.analysis.intervals import wilson_interval
-from duotune.demo import claim, main, queue_order
+from duotune.demo import _status, claim, demo_config, main, queue_order
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", str(ROOT / "configs" / "compare" / "tiny.yaml"), f"recipes={ROOT / 'configs' / 'tiny'}"]
@@ -22,6 +22,26 @@ def test_workers_take_base_first_then_the_dearest_and_never_the_same_method(tmp_
     assert queue_order(["distill", "sft", "base", "dapo"]) == ["base", "dapo", "sft", "distill"]
     assert claim(tmp_path, "grpo", 0) and not claim(tmp_path, "grpo", 1) and claim(tmp_path, "sft", 1)
     assert (tmp_path / "claims" / "grpo").read_text() == "0"
+
+
+def test_the_status_line_shows_every_seed(tmp_path):
+    """With seeds [0, 1] the line showed seed 0 only: a worker on seed 1 read as done (or idle)."""
+    import argparse
+
+    root = tmp_path / "cmp"
+    args = argparse.Namespace(config=TINY[1], overrides=[TINY[2], "seeds=[0,1]", "methods=[base,grpo,sft]"],
+                              engine=None)
+    cfg = demo_config(args, root)
+    main_set = cfg.main_set()
+    (root / "results").mkdir(parents=True)
+    for name, acc in (("base-s0", 0.36), ("base-s1", 0.36), ("grpo-s0", 0.58)):
+        (root / "results" / f"{name}.json").write_text(json.dumps(
+            {"status": "done", "curve": [{"evals": {main_set: {"accuracy": acc}}}]}))
+    (root / "runs" / "grpo-s1").mkdir(parents=True)
+    (root / "runs" / "grpo-s1" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.25}) + "\n")
+    assert _status(root, cfg) == (f"base 36%, 36% | grpo 58%, step 1/{cfg.budget.steps} reward 0.25 | sft -, -")
+    one = cfg.model_copy(update={"seeds": [0]})
+    assert _status(root, one) == "base 36% | grpo 58% | sft -"
 
 
 def test_demo_splits_the_comparison_over_workers_and_prints_where_it_landed(tmp_path, capsys):

@@ -94,27 +94,25 @@ def _work(cfg: CompareConfig, root: Path, queue: list[str], worker: int) -> None
             run_compare(cfg.model_copy(update={"methods": [method]}), report=False)
 
 
+def _seed_state(root: Path, cfg: CompareConfig, method: str, seed: int) -> str:
+    """One run's state: its accuracy when done, "failed", its training step and reward, "eval" or "-"."""
+    res = root / "results" / f"{method}-s{seed}.json"
+    if res.is_file():
+        r = json.loads(res.read_text())
+        acc = r["curve"][-1]["evals"][cfg.main_set()]["accuracy"] if r["status"] == "done" else None
+        return "failed" if acc is None else f"{100 * acc:.0f}%"
+    lines = root / "runs" / f"{method}-s{seed}" / "metrics.jsonl"
+    recs = [json.loads(x) for x in lines.read_text().splitlines()] if lines.is_file() else []
+    if not recs:
+        return "-"
+    last = recs[-1]
+    reward = f" reward {last['reward/mean']:.2f}" if "reward/mean" in last else ""
+    return "eval" if last["step"] >= cfg.budget.steps else f"step {last['step']}/{cfg.budget.steps}{reward}"
+
+
 def _status(root: Path, cfg: CompareConfig) -> str:
-    """One line: each method's state (accuracy when done, else its training step and reward)."""
-    seed, parts = cfg.seeds[0], []
-    for m in cfg.methods:
-        res = root / "results" / f"{m}-s{seed}.json"
-        if res.is_file():
-            r = json.loads(res.read_text())
-            acc = r["curve"][-1]["evals"][cfg.main_set()]["accuracy"] if r["status"] == "done" else None
-            parts.append(f"{m} {'failed' if acc is None else f'{100 * acc:.0f}%'}")
-            continue
-        lines = (root / "runs" / f"{m}-s{seed}" / "metrics.jsonl")
-        recs = [json.loads(x) for x in lines.read_text().splitlines()] if lines.is_file() else []
-        if recs:
-            last = recs[-1]
-            done = last["step"] >= cfg.budget.steps
-            reward = f" reward {last['reward/mean']:.2f}" if "reward/mean" in last else ""
-            state = "eval" if done else f"step {last['step']}/{cfg.budget.steps}"
-            parts.append(f"{m} {state}{reward}")
-        else:
-            parts.append(f"{m} -")
-    return " | ".join(parts)
+    """One line: each method's state in every seed (accuracy when done, else its training step and reward)."""
+    return " | ".join(f"{m} " + ", ".join(_seed_state(root, cfg, m, s) for s in cfg.seeds) for m in cfg.methods)
 
 
 def _run_workers(args: argparse.Namespace, cfg: CompareConfig, root: Path) -> list[dict[str, Any]]:
