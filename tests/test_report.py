@@ -88,6 +88,26 @@ def test_plots_use_one_colour_per_method_a_base_reference_and_per_method_panels(
     assert drawn["grpo_d_beta"][0] == {} and not (root / "plots" / "grpo_d_beta.png").exists()
 
 
+def test_training_plots_read_the_logs_in_the_comparison_folder_wherever_it_ran(report, monkeypatch):
+    """A result records the run folder as it was where it ran (a relative path, or another machine's);
+    restored from the store (studies.store) the log lies under <folder>/runs/<method>-s<seed>."""
+    import shutil
+
+    cfg, root = report
+    moved = root.with_name("restored")
+    shutil.copytree(root, moved)
+    shutil.rmtree(root)  # the folder the results name is gone
+    drawn = {}
+
+    def spy(series, title, xlabel, ylabel, out, **kw):
+        drawn[Path(out).stem] = series
+
+    monkeypatch.setattr(plots, "line_plot", spy)
+    write_report(moved, cfg.model_copy(update={"name": "restored"}))
+    assert set(drawn["reward"]) == {"sft", "grpo", "srft"}
+    assert drawn["reward"]["sft"] == ([1, 2], [0.1, 0.2])
+
+
 def test_report_tables_are_html_tables_with_intervals(report):
     cfg, root = report
     write_report(root, cfg)

@@ -157,9 +157,11 @@ def accuracy_plots(done: list[dict[str, Any]], sets: list[str], out_dir: Path) -
     return paths
 
 
-def training_plots(done: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """The TRAINING_PANELS from every run's metrics.jsonl, plus KL(policy || initial) from the evals."""
-    metrics = {id(r): read_metrics(Path(r["run_dir"])) for r in done if r.get("run_dir")}
+def training_plots(done: list[dict[str, Any]], root: Path, out_dir: Path) -> list[Path]:
+    """The TRAINING_PANELS from every run's `<root>/runs/<method>-s<seed>/metrics.jsonl` (the comparison
+    folder's layout, also where the study store restores a log; a result's `run_dir` names where it ran),
+    plus KL(policy || initial) from the evals."""
+    metrics = {id(r): read_metrics(root / "runs" / f"{r['method']}-s{r['seed']}") for r in done}
     paths = []
     for stem, title, keys, only in TRAINING_PANELS:
         series, colors, styles = {}, {}, {}

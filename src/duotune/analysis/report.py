@@ -197,7 +197,7 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
         tta = {"eval_set": main, **time_to_accuracy_table(curves, target, *cfg.ratio)}
     plots_dir = root / "plots"
     plots = accuracy_plots(done, [s.name for s in cfg.eval_sets], plots_dir) + \
-        training_plots([r for r in done if r["method"] != "base"], plots_dir)
+        training_plots([r for r in done if r["method"] != "base"], root, plots_dir)
     from duotune.analysis.dynamics_map import plot_map
 
     if len(cfg.map.references) >= 2:
