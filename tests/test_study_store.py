@@ -85,3 +85,18 @@ def test_the_store_is_on_by_default_only_at_the_protocol_scale():
     assert study_store(None, "cpu", out) is None
     assert study_store("none", "protocol", out) is None
     assert study_store("elsewhere", "cpu", out) == Path("elsewhere/othink_protocol")
+
+
+def test_git_keeps_what_the_store_holds():
+    """The store is committed: a `runs/` ignore pattern once matched its runs/<run>/ folders too, so
+    the training logs it copied never reached git."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (STORE.parent.parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    for rel in ("protocol_arith/results/grpo-s0.json", "protocol_arith/runs/grpo-s0/metrics.jsonl",
+                "othink_protocol/runs/counting-grpo_d-s0/config.yaml", "protocol_arith_teacher/pool/data.jsonl"):
+        path = STORE / rel
+        got = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=STORE.parent.parent)
+        assert got.returncode == 1, f"git ignores {path}"
