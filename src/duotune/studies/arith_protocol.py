@@ -16,8 +16,8 @@ Each step is skipped when its output is on disk, so re-running the command conti
 The study outlives one machine's run folders through `--store` (default `docs/protocol_runs`, committed):
 before and after the runs, every finished result (`results/<method>-s<seed>.json`, the curve with its
 per-item scores, and its run's training log `runs/<method>-s<seed>/metrics.jsonl` with its config) and
-the teacher's pool are copied both ways between the store and the run folders (`sync_results`), so a fresh checkout trains only what no earlier session finished (`--sync` copies
-and trains nothing).
+the teacher's pool are copied both ways between the store and the run folders (`sync_results`), so a
+fresh checkout trains only what no earlier session finished (`--sync` copies and trains nothing).
 `python -m duotune.studies.arith_protocol --regime b`. Imports the analysis, the trainers and the
 models lazily.
 """

@@ -78,7 +78,8 @@ def run(scale_name: str | Scale, out: Path, *, tasks: Names = TASKS, methods: Na
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     done = FinishedRuns(out, warmup_settings(scale, base), store)
-    done.evaluated("base", results, timings, lambda: evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens))
+    done.evaluated("base", results, timings,
+                   lambda: evaluate_all(load_model(str(base)), tests, scale.eval_max_new_tokens))
     for task in tasks:
         train = write_split(task, scale.train_items, "train", out / "data", scale.image_size)
         for method in methods:

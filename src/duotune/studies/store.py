@@ -41,11 +41,8 @@ STORE = REPO_ROOT / "docs" / "protocol_runs"
 
 
 def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
+    json.loads(path.read_text())  # raises on a half-written file: `sync_store` counts it unfinished
+    return True
 
 
 def sync_store(root: Path, store: Path, finished: Callable[[Path], bool] = _readable_json) -> dict[str, list[str]]:
@@ -56,7 +53,7 @@ def sync_store(root: Path, store: Path, finished: Callable[[Path], bool] = _read
     timings and are not compared). Unfinished runs stay where they are: the next run retries them."""
     moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
 
-    def done(path: Path) -> bool:
+    def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
         try:
             return finished(path)
         except (OSError, ValueError):

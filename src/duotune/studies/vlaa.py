@@ -82,7 +82,8 @@ def run(scale_name: str | Scale, out: Path, *, arms: tuple[str, ...] = tuple(ARM
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     done = FinishedRuns(out, warmup_settings(scale, base), store)
-    done.evaluated("base", results, timings, lambda: evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens))
+    done.evaluated("base", results, timings,
+                   lambda: evaluate_examples(load_model(str(base)), test, "mixed", scale.eval_max_new_tokens))
     for arm in arms:
         lr = scale.sft_lr if arm == "sft" else scale.rl_lr
         for seed in range(scale.seeds):
