@@ -44,6 +44,20 @@ def test_the_status_line_shows_every_seed(tmp_path):
     assert _status(root, one) == "base 36% | grpo 58% | sft -"
 
 
+def test_the_status_line_reads_past_a_line_the_trainer_is_still_writing(tmp_path):
+    """The parent polls metrics.jsonl while a worker appends to it: a half-written last line raised
+    JSONDecodeError and ended the demo's status loop (and with it the parent)."""
+    import argparse
+
+    root = tmp_path / "cmp"
+    args = argparse.Namespace(config=TINY[1], overrides=[TINY[2], "seeds=[0]", "methods=[grpo]"], engine=None)
+    cfg = demo_config(args, root)
+    (root / "runs" / "grpo-s0").mkdir(parents=True)
+    (root / "runs" / "grpo-s0" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "reward/mean": 0.25}) + "\n" + '{"step": 2, "rew')
+    assert _status(root, cfg) == f"grpo step 1/{cfg.budget.steps} reward 0.25"
+
+
 def test_demo_splits_the_comparison_over_workers_and_prints_where_it_landed(tmp_path, capsys):
     assert main([*TINY, "--jobs", "2", "--output-dir", str(tmp_path)]) == 0
     (root,) = [p for p in tmp_path.iterdir() if p.name.startswith("demo-")]

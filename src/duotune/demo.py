@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from duotune import jsonl
 from duotune.analysis.compare_config import CompareConfig
 from duotune.config import load_config
 from duotune.paths import REPO_ROOT, folder_size, human_size
@@ -101,8 +102,7 @@ def _seed_state(root: Path, cfg: CompareConfig, method: str, seed: int) -> str:
         r = json.loads(res.read_text())
         acc = r["curve"][-1]["evals"][cfg.main_set()]["accuracy"] if r["status"] == "done" else None
         return "failed" if acc is None else f"{100 * acc:.0f}%"
-    lines = root / "runs" / f"{method}-s{seed}" / "metrics.jsonl"
-    recs = [json.loads(x) for x in lines.read_text().splitlines()] if lines.is_file() else []
+    recs = jsonl.read(root / "runs" / f"{method}-s{seed}" / "metrics.jsonl")  # skips a line being written
     if not recs:
         return "-"
     last = recs[-1]
