@@ -40,6 +40,26 @@ RUN_FILES = ("metrics.jsonl", "config.yaml")
 STORE = REPO_ROOT / "docs" / "protocol_runs"
 
 
+# What a run's result records about the machine rather than the run: a re-run elsewhere differs here
+# only, so `sync_store` leaves these keys out when it asks whether a re-run reproduced its result.
+MACHINE_KEYS = frozenset({"wall_s", "eval_wall_s", "host_rss_gb", "run_dir", "timings"})
+
+
+def measured(record: Any) -> Any:
+    """`record` (a result's JSON) without its MACHINE_KEYS, at any depth."""
+    if isinstance(record, dict):
+        return {k: measured(v) for k, v in record.items() if k not in MACHINE_KEYS}
+    return [measured(v) for v in record] if isinstance(record, list) else record
+
+
+def _same_scores(a: Path, b: Path) -> bool:
+    """Whether two results measured the same (an unreadable one does not)."""
+    try:
+        return measured(json.loads(a.read_text())) == measured(json.loads(b.read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def _readable_json(path: Path) -> bool:
     json.loads(path.read_text())  # raises on a half-written file: `sync_store` counts it unfinished
     return True
@@ -48,9 +68,9 @@ def _readable_json(path: Path) -> bool:
 def sync_store(root: Path, store: Path, finished: Callable[[Path], bool] = _readable_json) -> dict[str, list[str]]:
     """Copy finished runs both ways between `root` (a study's folder) and `store` (its committed copy):
     `results/<run>.json` when `finished(path)` (an unreadable file never is), and with each its run's
-    RUN_FILES under `runs/<run>/`. A result on both sides that differs is left as it is on each side
-    and listed under `differ` (a re-run that did not reproduce; training logs always differ in their
-    timings and are not compared). Unfinished runs stay where they are: the next run retries them."""
+    RUN_FILES under `runs/<run>/`. A result on both sides whose scores differ (MACHINE_KEYS aside) is
+    left as it is on each side and listed under `differ`: a re-run that did not reproduce. Training
+    logs always differ in their timings and are not compared. Unfinished runs stay where they are: the next run retries them."""
     moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
 
     def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
@@ -74,7 +94,7 @@ def sync_store(root: Path, store: Path, finished: Callable[[Path], bool] = _read
             target = dst / "results" / f.name
             if copy_missing(f, target):
                 moved[key].append(f.name)
-            elif key == "to_store" and target.read_bytes() != f.read_bytes():
+            elif key == "to_store" and not _same_scores(f, target):
                 moved["differ"].append(f.name)
             for name in RUN_FILES:
                 copy_missing(src / "runs" / f.stem / name, dst / "runs" / f.stem / name)
