@@ -42,16 +42,17 @@ def test_a_rerun_that_reproduces_every_score_is_not_listed_as_differing(tmp_path
     run folder are the machine's); only what was measured counts now."""
     root, store = tmp_path / "run", tmp_path / "store"
 
-    def result(folder, wall, per_item):
+    def result(folder, wall, per_item, kl=0.037292689085006714):
         (folder / "results").mkdir(parents=True, exist_ok=True)
         (folder / "results" / "grpo-s0.json").write_text(json.dumps({
             "method": "grpo", "run_dir": str(folder), "timings": {"train/x": wall},
             "curve": [{"step": 10, "wall_s": wall, "eval_wall_s": wall / 2, "host_rss_gb": wall / 100,
+                       "kl_to_initial": kl,
                        "evals": {"l1": {"accuracy": sum(per_item) / 2, "per_item": per_item}}}]}))
 
     result(store, 453.0, [1.0, 0.0])
-    result(root, 541.0, [1.0, 0.0])  # the same scores on a busier machine
-    assert sync_store(root, store)["differ"] == []
+    result(root, 541.0, [1.0, 0.0], kl=0.0372700)  # the same scores on a busier machine
+    assert sync_store(root, store)["differ"] == []  # (a float summed in another order is the same)
     result(root, 541.0, [1.0, 1.0])  # one item scored otherwise: it did not reproduce
     assert sync_store(root, store)["differ"] == ["grpo-s0.json"]
 
