@@ -119,6 +119,20 @@ def test_report_tables_are_html_tables_with_intervals(report):
     assert f"<td>80.0 [{lo:.1f}, {hi:.1f}]</td>" in html
 
 
+def test_a_report_on_fewer_seeds_than_configured_says_its_verdicts_are_provisional(report):
+    """The protocol's report on seeds 0-1 of [0, 1, 2] printed "held" / "did not hold" with nothing to
+    say the protocol's seeds were not all in."""
+    cfg, root = report
+    out = write_report(root, cfg)
+    assert out["missing"] == [] and "provisional" not in (root / "report.md").read_text()
+    more = cfg.model_copy(update={"seeds": [0, 1]})
+    out = write_report(root, more)
+    assert out["missing"] == ["base-s1", "sft-s1", "grpo-s1", "srft-s1"]
+    md = (root / "report.md").read_text()
+    assert "**Incomplete: 4 of 8 runs are not finished (base-s1, sft-s1, grpo-s1, srft-s1)" in md
+    assert "every verdict below is provisional" in md
+
+
 def _screenshot_module():
     spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "docs" / "report_screenshot.py")
     mod = importlib.util.module_from_spec(spec)

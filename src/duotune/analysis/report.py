@@ -184,6 +184,12 @@ def mean_curves(results: list[dict[str, Any]], set_name: str) -> dict[str, list[
     return {m: [CurvePoint(*p) for p in pts] for m, pts in mean_by_step(done, set_name).items()}
 
 
+def missing_runs(results: list[dict[str, Any]], cfg: CompareConfig) -> list[str]:
+    """`<method>-s<seed>` of every configured run without a finished result (method by method)."""
+    done = {(r["method"], r["seed"]) for r in results if r["status"] == "done"}
+    return [f"{m}-s{s}" for m in cfg.methods for s in cfg.seeds if (m, s) not in done]
+
+
 def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
     """Write results.json, report.md, plots/*.png and report.html into `root`; return the results."""
     results = collect(root)
@@ -209,6 +215,7 @@ def write_report(root: Path, cfg: CompareConfig) -> dict[str, Any]:
               if p is not None]
     out = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "main_set": main,
            "methods": summary, "failed": [m for m, e in summary.items() if e["status"] == "failed"],
+           "missing": missing_runs(results, cfg),
            "time_to_accuracy": tta, "seed_targets": seed_targets(results, cfg), "paired": paired(results, cfg),
            "dynamics": dynamics(results, cfg, root),
            "plots": [str(p.relative_to(root)) for p in plots],
@@ -245,6 +252,9 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
              f"{cfg.seeds}. Accuracy in % at the last step (mean ± sd over seeds when there are several) "
              "with its 95 % interval in brackets (percentile bootstrap over the items and the seeds where "
              "per-item scores were kept, else Wilson over the items); `best` is the best evaluated point.", "",
+             *([f"**Incomplete: {len(res['missing'])} of {len(cfg.methods) * len(cfg.seeds)} runs are not "
+                f"finished ({', '.join(res['missing'])}), so every verdict below is provisional**: it "
+                "is read off the seeds that are in, not all those configured.", ""] if res.get("missing") else []),
              "| method | " + " | ".join(f"{n} ({'ID' if d == 'in' else 'OOD'}) | best" for n, d in sets)
              + " | seeds | train s | status |",
              "|---|" + "---|" * (2 * len(sets) + 3)]
