@@ -46,21 +46,16 @@ STORE = REPO_ROOT / "docs" / "protocol_runs"
 MACHINE_KEYS = frozenset({"wall_s", "eval_wall_s", "host_rss_gb", "run_dir", "timings"})
 
 
-def measured(record: Any) -> Any:
-    """`record` (a result's JSON) without its MACHINE_KEYS, at any depth."""
-    if isinstance(record, dict):
-        return {k: measured(v) for k, v in record.items() if k not in MACHINE_KEYS}
-    return [measured(v) for v in record] if isinstance(record, list) else record
-
-
 def _close(a: Any, b: Any) -> bool:
-    """Equal, floats to a relative 1e-3: the trainer's float sums are not bit-reproducible, so
-    `kl_to_initial` moved by up to 6.6e-4 (relative) in the protocol's re-runs of GRPO and SRFT, whose
-    every item scored the same. A score per item is 0 or 1, so one changed item is still caught."""
+    """Equal at any depth, MACHINE_KEYS aside and floats to a relative 1e-3: the trainer's float sums
+    are not bit-reproducible, so `kl_to_initial` moved by up to 6.6e-4 (relative) in the protocol's
+    re-runs of GRPO and SRFT, whose every item scored the same. A score per item is 0 or 1, so one
+    changed item is still caught."""
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-9)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+        keys = a.keys() - MACHINE_KEYS
+        return keys == b.keys() - MACHINE_KEYS and all(_close(a[k], b[k]) for k in keys)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
     return a == b
@@ -69,7 +64,7 @@ def _close(a: Any, b: Any) -> bool:
 def _same_scores(a: Path, b: Path) -> bool:
     """Whether two results measured the same (an unreadable one does not)."""
     try:
-        return _close(measured(json.loads(a.read_text())), measured(json.loads(b.read_text())))
+        return _close(json.loads(a.read_text()), json.loads(b.read_text()))
     except (OSError, ValueError):
         return False
 
@@ -84,8 +79,8 @@ def sync_store(root: Path, store: Path, finished: Callable[[Path], bool] = _read
     `results/<run>.json` when `finished(path)` (an unreadable file never is), and with each its run's
     RUN_FILES under `runs/<run>/`. A result on both sides whose scores differ (MACHINE_KEYS aside) is
     left as it is on each side and listed under `differ`: a re-run that did not reproduce (floats
-    compared to a relative 1e-3). Training
-    logs always differ in their timings and are not compared. Unfinished runs stay where they are: the next run retries them."""
+    compared to a relative 1e-3). Training logs always differ in their timings and are not compared.
+    Unfinished runs stay where they are: the next run retries them."""
     moved: dict[str, list[str]] = {"to_store": [], "from_store": [], "differ": []}
 
     def done(path: Path) -> bool:  # an unreadable file is not finished (it stays where it is)
