@@ -37,6 +37,25 @@ def test_yaml_file_then_overrides(tmp_path):
     assert load_config(Top, out) == cfg
 
 
+def test_two_writers_of_one_config_file_never_rename_each_others_temporary_file(tmp_path):
+    """Two demo workers save the comparison's compare.yaml at once: with one shared temporary name, the
+    first rename took the file the second was about to rename (FileNotFoundError), and the worker died
+    (CI, session 12: `worker 0 (base, srft) exited with 1`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "compare.yaml"
+    cfgs = [load_config(Top, None, [f"steps={k}"]) for k in (1, 2)]
+
+    def write(cfg: Top) -> None:
+        for _ in range(300):
+            save_config(cfg, out)
+
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(write, c) for c in cfgs]:
+            f.result()  # re-raises a writer's error
+    assert load_config(Top, out) in cfgs and [p.name for p in tmp_path.iterdir()] == ["compare.yaml"]
+
+
 @pytest.mark.parametrize("override, expected", [
     ("metod=grpo", "unknown key 'metod'; valid keys here: method, optim, steps (did you mean 'method'?)"),
     ("optim.lrr=1", "unknown key 'optim.lrr'; valid keys here: lr (did you mean 'lr'?)"),

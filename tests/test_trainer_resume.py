@@ -157,11 +157,13 @@ def test_run_length_and_logging_fields_may_change_on_resume(tmp_path, data_file,
 def test_resume_never_starts_clean(tmp_path, data_file):
     train(_cfg(tmp_path, data_file, "run.name=r", "steps=2", "run.save_every=1"))
     (tmp_path / "r" / "notes.txt").write_text("mine")
+    (tmp_path / "r" / ".config.yaml.4242.0a1b.tmp").write_text("a save cut short by a kill")  # jsonl's name
     res = train(_cfg(tmp_path, data_file, "run.name=r", "steps=1", "optim.lr=0.01", "run.resume=never"))
     assert _steps(res.run_dir) == [1]
     assert sorted(p.name for p in res.run_dir.glob("checkpoint-*")) == ["checkpoint-000001"]
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.01
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"  # only duotune's own files go
+    assert not list(res.run_dir.glob(".*.tmp"))
 
 
 def test_metrics_are_cut_back_to_the_resumed_step(tmp_path, data_file):

@@ -7,7 +7,6 @@ Imports pydantic, yaml and `duotune.errors`/`duotune.registry` only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from duotune import jsonl
 from duotune.errors import ConfigError, UnknownNameError, did_you_mean
 from duotune.registry import Registry
 
@@ -107,10 +107,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the resolved config as YAML (the run folder's `config.yaml`), atomically: a kill midway
     leaves the previous file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
+    jsonl.write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:

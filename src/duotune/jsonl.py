@@ -1,7 +1,7 @@
 """JSONL files that survive a kill mid-write: `append` first cuts a torn last line (bytes after the
 final newline, left by an interrupted write) and then writes whole lines in one call; `read` ignores a
-torn last line but names the file and row of any bad line before it; `keep` and `write_json`
-rewrite a file atomically.
+torn last line but names the file and row of any bad line before it; `keep`, `write_json`,
+`write_text` and `write_rows` rewrite a file atomically.
 
 Imports json, os and `duotune.errors` only.
 """
@@ -48,6 +48,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON atomically (`_replace_atomically`), so a file a later run reads
     back (settings, summaries) is never half written."""
     _replace_atomically(Path(path), (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 atomically (`_replace_atomically`): two processes saving one file at once
+    (demo workers writing a comparison's compare.yaml) each rename a temporary file of their own."""
+    _replace_atomically(Path(path), text.encode("utf-8"))
 
 
 def write_rows(path: str | Path, records: Iterable[dict[str, Any]], *, ensure_ascii: bool = True) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from duotune import jsonl
 from duotune.errors import DataError, DuotuneError
 
 
@@ -68,14 +69,9 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     """Replace `path` atomically (temp file + rename): a rerun rewrites, never appends twice."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+    rows = list(rows)
+    jsonl.write_rows(path, rows, ensure_ascii=False)  # a temporary file of its own, renamed over `path`
+    return len(rows)
 
 
 @dataclass

@@ -24,8 +24,9 @@ MAY_CHANGE = frozenset({
     "run.log_with", "run.project", "run.rollouts_every", "run.keep_optimizer_state", "run.plots",
     "run.save_every", "run.keep_last", "run.max_bad_steps", "run.max_loss", "run.max_param_growth", "eval.every",
 })
-_ARTEFACT = re.compile(r"(checkpoint-\d+|stage-\d+-init|\.tmp-(?:checkpoint-\d+|stage-\d+-init)|metrics\.jsonl|\.metrics\.jsonl\.tmp"
-                       r"|curves\.png|config\.yaml|\.config\.yaml\.tmp|trackers|rollouts)")
+_ARTEFACT = re.compile(r"(checkpoint-\d+|stage-\d+-init|\.tmp-(?:checkpoint-\d+|stage-\d+-init)|metrics\.jsonl"
+                       r"|\.(?:metrics\.jsonl|config\.yaml)(?:\.\d+\.[0-9a-f]+)?\.tmp"  # jsonl's temporary names
+                       r"|curves\.png|config\.yaml|trackers|rollouts)")
 _ABSENT = "<absent>"
 
 
