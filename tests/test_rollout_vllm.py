@@ -126,6 +126,20 @@ def test_seeded_samples_repeat_exactly_and_carry_their_logprobs(engine):
     assert _max_logp_error(engine.bundle.model, engine.prompts, a) < TOL
 
 
+def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step_takes(engine):
+    """A seeded batch whose prompts outgrow one scheduler step: vLLM split a prefill across steps
+    (chunked prefill) and, on rewinding that request's CPU generator, raised "CPU Generator does not
+    use offset" (the teacher pool's 64 questions x 4 samples, session 13). The CPU engine prefills
+    whole prompts now."""
+    long = [engine.sampler.encoder.encode(Example(id=f"q{i}", prompt=[{"role": "user", "content": p * 3}],
+                                                  answer="0")) for i, p in enumerate(PROMPTS * 6)]
+    assert sum(len(p.input_ids) for p in long) > 16_384  # more than any step's token budget here
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=3)
+    a = engine.sampler.generate(long, params)
+    assert [len(x) for x in a] == [2] * len(long)
+    assert [[c.token_ids for c in x] for x in a] == [[c.token_ids for c in x] for x in engine.sampler.generate(long, params)]
+
+
 def test_a_stop_token_ends_the_completion_and_is_kept(engine):
     first = _greedy(engine.sampler, engine.prompts[:1])[0][0].token_ids
     enc = engine.sampler.encoder

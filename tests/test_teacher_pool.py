@@ -23,19 +23,23 @@ def _script(monkeypatch, answers_per_row):
     """HFSampler.sample returns, per row, completions boxing the given numbers (None: no box)."""
     def sample(self, examples, params):
         assert params.n == 2 and params.temperature == 0.7 and params.max_new_tokens == 20
+        calls.append((len(examples), params.seed))
         return [[Completion(text=f"so \\boxed{{{a}}}" if a is not None else "I give up", token_ids=[1] * (3 + j),
                             finish_reason="stop") for j, a in enumerate(answers)]
                 for answers in answers_per_row]
+    calls: list[tuple[int, int]] = []
     monkeypatch.setattr(HFSampler, "sample", sample)
+    return calls
 
 
 def test_first_verified_sample_is_the_demo_and_unsolved_rows_are_dropped(rows, tmp_path, monkeypatch):
     golds = [json.loads(x)["answer"] for x in rows.read_text().splitlines()]
     wrong = str(int(golds[1]) + 1)
     # row 0: second sample right; row 1: both wrong (dropped); row 2: both right (the first is kept)
-    _script(monkeypatch, [[None, golds[0]], [wrong, None], [golds[2], golds[2]]])
+    calls = _script(monkeypatch, [[None, golds[0]], [wrong, None], [golds[2], golds[2]]])
     s = build_pool("tiny-llm", rows, tmp_path / "pool", samples=2, temperature=0.7, max_new_tokens=20,
-                   progress=False)
+                   engine="hf", progress=False)
+    assert calls == [(3, 0)] and s["engine"] == "teacher engine: hf (teacher.engine=hf)"
     kept = [json.loads(x) for x in (tmp_path / "pool" / "data.jsonl").read_text().splitlines()]
     src = [json.loads(x) for x in rows.read_text().splitlines()]
     assert [r["id"] for r in kept] == [src[0]["id"], src[2]["id"]]
@@ -51,20 +55,40 @@ def test_a_teacher_that_solves_nothing_and_rows_without_answers_are_errors(rows,
     _script(monkeypatch, [[None, None]] * 3)
     with pytest.raises(ConfigError, match="solved none of the 3 questions"):
         build_pool("tiny-llm", rows, tmp_path / "pool", samples=2, temperature=0.7, max_new_tokens=20,
-                   progress=False)
+                   engine="hf", progress=False)
     assert not (tmp_path / "pool").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "q1", "question": "1+1?", "answer": "2"}) + "\n"
                    + json.dumps({"id": "q2", "question": "2+2?", "answer": ""}) + "\n")
     with pytest.raises(DataError, match="row 2, field 'answer'"):
         build_pool("tiny-llm", bad, tmp_path / "pool", progress=False)
+    with pytest.raises(ConfigError, match="teacher.engine must be auto, hf or vllm"):
+        build_pool("tiny-llm", rows, tmp_path / "pool", engine="sglang", progress=False)
+
+
+def test_questions_are_sampled_in_chunks_each_seeded_on_its_own(rows, tmp_path, monkeypatch):
+    """The progress bar moves per chunk on either engine (vLLM's sampler has no per-batch hook), and
+    chunk k is seeded seed + its first row, so two chunks never share a seed."""
+    import duotune.data.teacher_pool as tp
+
+    golds = [json.loads(x)["answer"] for x in rows.read_text().splitlines()]
+    monkeypatch.setattr(tp, "CHUNK", 2)
+    calls = _script(monkeypatch, [[g, g] for g in golds[:2]])  # each call answers its first rows
+
+    def per_call(self, examples, params, inner=HFSampler.sample):
+        return inner(self, examples, params)[:len(examples)]
+    monkeypatch.setattr(HFSampler, "sample", per_call)
+    s = build_pool("tiny-llm", rows, tmp_path / "pool", samples=2, temperature=0.7, max_new_tokens=20,
+                   seed=5, engine="hf", progress=False)
+    assert calls == [(2, 5), (1, 7)]
+    assert s["kept"] == 2  # rows 0 and 1 of chunk 1 solved; row 2 (chunk 2) got row 0's wrong answer
 
 
 def test_cli_runs_on_tiny_llm(rows, tmp_path, capsys, monkeypatch):
     """tiny-llm (random weights) solves nothing: the command fails with the reason, naming the teacher;
     with a scripted sampler it writes the pool and prints its figures."""
     args = ["data", "teacher", "--model", "tiny-llm", "--data", str(rows), "--out", str(tmp_path / "p"),
-            "--samples", "2", "--max-new-tokens", "4", "--no-progress"]
+            "--samples", "2", "--max-new-tokens", "4", "--engine", "hf", "--no-progress"]
     assert main(args) != 0
     assert "the teacher tiny-llm solved none of the 3 questions in 2 samples each" in capsys.readouterr().err
     golds = [json.loads(x)["answer"] for x in rows.read_text().splitlines()]

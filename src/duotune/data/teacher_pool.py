@@ -7,7 +7,9 @@ the row's reward type, lenient mode as the training reward) becomes the row's `d
 solution moves to `programmatic_demo`. Rows with no accepted sample are left out, so every method trained
 on the pool shares its rows. Written: `<out>/data.jsonl` (the kept rows, in input order, otherwise
 unchanged) and `<out>/teacher_pool.json` (per-sample correctness, kept share, mean demo tokens for the
-teacher and the program, the settings). Imports torch and the models lazily (inside `build_pool`).
+teacher and the program, the settings and the engine). It samples on vLLM where vLLM can serve the
+teacher (`engine: auto`, as the trainer's rollouts), else with transformers' generate. Imports torch
+and the models lazily (inside `build_pool`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ from typing import Any
 from duotune import jsonl
 from duotune.errors import ConfigError, DataError
 
+CHUNK = 64  # questions per sampling call: the progress bar moves per chunk on either engine
+
 
 def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 4, temperature: float = 1.0,
-               max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32,
-               progress: bool = True) -> dict[str, Any]:
-    """Sample, verify and write the pool (see the module docstring); returns the summary it writes."""
+               max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32, engine: str = "auto",
+               kv_cache_gib: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Sample, verify and write the pool (see the module docstring); returns the summary it writes.
+    `engine` auto | vllm | hf as `rollout.engine` (auto: vLLM where it can serve the teacher, with a CPU
+    KV cache of `kv_cache_gib`; hf: transformers' generate in batches of `batch_size` sequences)."""
+    from dataclasses import replace
+
     from tqdm.auto import tqdm
 
     from duotune.data import load_examples
     from duotune.eval import grade
     from duotune.models import load_model
-    from duotune.rollout import HFSampler, SamplingParams
+    from duotune.rollout import SamplingParams
+    from duotune.rollout.engine import choose_sampler, close_sampler
 
     if samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ConfigError(f"samples, max_new_tokens and batch_size must be >= 1 (got {samples}, "
@@ -45,12 +54,24 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
                             file=str(data), row=number, field="answer")
     bundle = load_model(model)
     bundle.model.eval().requires_grad_(False)
-    sampler = HFSampler(bundle, batch_size=batch_size)
+    def make_vllm() -> Any:
+        from duotune.rollout.vllm import VLLMSampler
+
+        return VLLMSampler(bundle, cpu_kv_cache_gib=kv_cache_gib, seed=seed)
+
+    sampler, engine_line = choose_sampler(bundle, engine, batch_size=batch_size, make_vllm=make_vllm,
+                                          setting="teacher.engine")
+    if progress:
+        print(engine_line, flush=True)
     params = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    completions: list[Any] = []
     with tqdm(total=len(examples) * samples, desc=f"teacher {model}", unit="sample", disable=not progress,
               dynamic_ncols=True) as bar:
-        sampler.on_chunk = bar.update
-        completions = sampler.sample(examples, params)
+        for start in range(0, len(examples), CHUNK):  # each chunk seeded on its own: seed + its first row
+            part = examples[start:start + CHUNK]
+            completions += sampler.sample(part, replace(params, seed=seed + start))
+            bar.update(len(part) * samples)
+    close_sampler(sampler)
     kept, correct, teacher_tokens, program_tokens = [], 0, [], []
     tok = bundle.tokenizer
     for (_, row), ex, comps in zip(rows, examples, completions):
@@ -77,7 +98,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
         return sum(v) / len(v) if v else None
 
     summary = {"teacher": model, "source": str(data), "questions": len(rows), "samples_per_question": samples,
-               "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+               "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "engine": engine_line,
                "sample_correct_rate": correct / (len(rows) * samples), "kept": len(kept),
                "kept_share": len(kept) / len(rows), "mean_demo_tokens_teacher": mean(teacher_tokens),
                "mean_demo_tokens_programmatic": mean(program_tokens), "data": str(path)}
@@ -96,14 +117,17 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the teacher")
     p.add_argument("--max-new-tokens", type=int, default=96, help="decode length of each sample")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (the hf engine)")
+    p.add_argument("--engine", choices=["auto", "vllm", "hf"], default="auto", help="sampling engine: vLLM "
+                   "where it can serve the teacher (auto), vLLM or an error (vllm), transformers' generate (hf)")
+    p.add_argument("--kv-cache-gib", type=int, default=2, help="CPU vLLM engine: KV cache size in GiB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_teacher_command(args: argparse.Namespace) -> int:
     s = build_pool(args.model, args.data, args.out, samples=args.samples, temperature=args.temperature,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-                   progress=not args.no_progress)
+                   engine=args.engine, kv_cache_gib=args.kv_cache_gib, progress=not args.no_progress)
     demo_len = s["mean_demo_tokens_teacher"]
     print(f"teacher {s['teacher']}: {100 * s['sample_correct_rate']:.1f} % of {s['questions']} x "
           f"{s['samples_per_question']} samples correct; kept {s['kept']} of {s['questions']} questions "

@@ -118,6 +118,9 @@ class VLLMSampler(EncodingSampler):
             seed=seed, enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode, max_model_len=max_model_len, enable_prefix_caching=True)
+        if not on_gpu:  # a prefill split across steps rewinds its request's generator, which a seeded
+            # CPU generator cannot do ("CPU Generator does not use offset"): prefill whole prompts
+            kwargs["enable_chunked_prefill"] = False
         if bundle.is_vlm:
             kwargs["limit_mm_per_prompt"] = {"image": 4, "video": 0}
         if tensor_parallel_size > 1:  # each training rank owns a TP slice of the engine (TRL colocate)

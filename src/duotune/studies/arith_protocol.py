@@ -145,8 +145,9 @@ def teacher_pool(cfg: CompareConfig, model: Path, *, samples: int = 4, max_new_t
     if summary.is_file() and (out / "data.jsonl").is_file():
         return json.loads(summary.read_text())
     rows = train_file(cfg, Path(cfg.output_dir) / cfg.name)
+    engine = str(cfg.common.get("rollout.engine", "auto"))  # the comparison's rollout engine and KV size
     return build_pool(str(model), rows, out, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
-                      progress=cfg.progress)
+                      engine=engine, kv_cache_gib=cfg.kv_cache_gib(), progress=cfg.progress)
 
 
 def _parser() -> argparse.ArgumentParser:
