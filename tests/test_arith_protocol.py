@@ -12,6 +12,7 @@ from duotune import demo
 from duotune.analysis import CompareConfig
 from duotune.config import load_config
 from duotune.data import teacher_pool
+from duotune.errors import ConfigError
 from duotune.studies import arith_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ TINY = ROOT / "configs" / "compare" / "tiny.yaml"
 
 @pytest.fixture
 def stubs(monkeypatch):
-    calls = {"demo": [], "pool": []}
+    calls = {"demo": [], "pool": [], "identical": 0.25}
 
     def fake_pool(model, data, out, **kw):
         calls["pool"].append((model, Path(data)))
@@ -28,7 +29,8 @@ def stubs(monkeypatch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "data.jsonl").write_text(Path(data).read_text())
         s = {"data": str(out / "data.jsonl"), "sample_correct_rate": 0.5, "kept": 16, "questions": 16,
-             "mean_demo_tokens_teacher": 30.0, "mean_demo_tokens_programmatic": 20.0}
+             "mean_demo_tokens_teacher": 30.0, "mean_demo_tokens_programmatic": 20.0,
+             "identical_to_programmatic": calls["identical"]}
         (out / "teacher_pool.json").write_text(json.dumps(s))
         return s
 
@@ -68,6 +70,17 @@ def test_regime_b_trains_the_teacher_once_and_compares_on_its_pool(stubs, tmp_pa
     new_pool = fresh / "tiny_teacher" / "teacher" / "pool"
     assert json.loads((new_pool / "teacher_pool.json").read_text())["data"] == str(new_pool / "data.jsonl")
     assert stubs["demo"][-1][-2] == f"data.file={new_pool / 'data.jsonl'}" and len(stubs["pool"]) == 1
+
+
+def test_regime_b_refuses_a_pool_that_copies_the_programs_demos(stubs, tmp_path):
+    """Session 13's first teacher wrote 97.8 % of its kept demos word for word as the program: regime (b)
+    on that pool would test regime (a) again on fewer rows, so the comparison is refused, saying why."""
+    stubs["identical"] = 0.978
+    args = ["--regime", "b", "--config", str(TINY), "--teacher-steps", "1", "--teacher-prompts", "2",
+            "--store", str(tmp_path / "store"), f"output_dir={tmp_path}", f"recipes={ROOT / 'configs' / 'tiny'}"]
+    with pytest.raises(ConfigError, match=r"97.8 % of the kept demos are the program's own.*gate is < 50 %"):
+        arith_protocol.main(args)
+    assert stubs["demo"] == []
 
 
 def test_regime_a_runs_the_comparison_as_configured(stubs, tmp_path):

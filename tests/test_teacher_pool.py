@@ -40,6 +40,7 @@ def test_first_verified_sample_is_the_demo_and_unsolved_rows_are_dropped(rows, t
     s = build_pool("tiny-llm", rows, tmp_path / "pool", samples=2, temperature=0.7, max_new_tokens=20,
                    engine="hf", progress=False)
     assert calls == [(3, 0)] and s["engine"] == "teacher engine: hf (teacher.engine=hf)"
+    assert s["identical_to_programmatic"] == 0.0  # "so \\boxed{..}" is never the program's solution
     kept = [json.loads(x) for x in (tmp_path / "pool" / "data.jsonl").read_text().splitlines()]
     src = [json.loads(x) for x in rows.read_text().splitlines()]
     assert [r["id"] for r in kept] == [src[0]["id"], src[2]["id"]]
@@ -82,6 +83,17 @@ def test_questions_are_sampled_in_chunks_each_seeded_on_its_own(rows, tmp_path, 
                    seed=5, engine="hf", progress=False)
     assert calls == [(2, 5), (1, 7)]
     assert s["kept"] == 2  # rows 0 and 1 of chunk 1 solved; row 2 (chunk 2) got row 0's wrong answer
+
+
+def test_the_pool_counts_demos_identical_to_the_programs(rows, tmp_path, monkeypatch):
+    src = [json.loads(x) for x in rows.read_text().splitlines()]
+
+    def sample(self, examples, params):  # rows 0 and 1: the program's demo word for word; row 2: another
+        return [[Completion(text=(r["demo"] + " ") if k < 2 else f"it is \\boxed{{{r['answer']}}}",
+                            token_ids=[1], finish_reason="stop")] for k, r in enumerate(src)]
+    monkeypatch.setattr(HFSampler, "sample", sample)
+    s = build_pool("tiny-llm", rows, tmp_path / "pool", samples=1, engine="hf", progress=False)
+    assert s["kept"] == 3 and s["identical_to_programmatic"] == 2 / 3
 
 
 def test_cli_runs_on_tiny_llm(rows, tmp_path, capsys, monkeypatch):

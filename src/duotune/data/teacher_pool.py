@@ -7,7 +7,7 @@ the row's reward type, lenient mode as the training reward) becomes the row's `d
 solution moves to `programmatic_demo`. Rows with no accepted sample are left out, so every method trained
 on the pool shares its rows. Written: `<out>/data.jsonl` (the kept rows, in input order, otherwise
 unchanged) and `<out>/teacher_pool.json` (per-sample correctness, kept share, mean demo tokens for the
-teacher and the program, the settings and the engine). It samples on vLLM where vLLM can serve the
+teacher and the program, the share of kept demos identical to the program's, the settings and the engine). It samples on vLLM where vLLM can serve the
 teacher (`engine: auto`, as the trainer's rollouts), else with transformers' generate. Imports torch
 and the models lazily (inside `build_pool`).
 """
@@ -72,7 +72,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
             completions += sampler.sample(part, replace(params, seed=seed + start))
             bar.update(len(part) * samples)
     close_sampler(sampler)
-    kept, correct, teacher_tokens, program_tokens = [], 0, [], []
+    kept, correct, teacher_tokens, program_tokens, copies = [], 0, [], [], 0
     tok = bundle.tokenizer
     for (_, row), ex, comps in zip(rows, examples, completions):
         kind = "mcq" if ex.reward_type == "mcq" else "math"
@@ -82,6 +82,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
         if first is None:
             continue
         teacher_tokens.append(len(first.token_ids))
+        copies += int(first.text.strip() == (row.get("demo") or "").strip())
         if row.get("demo"):
             program_tokens.append(len(tok(row["demo"], add_special_tokens=False)["input_ids"]))
         kept.append({**row, "demo": first.text, "programmatic_demo": row.get("demo"),
@@ -101,7 +102,8 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
                "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "engine": engine_line,
                "sample_correct_rate": correct / (len(rows) * samples), "kept": len(kept),
                "kept_share": len(kept) / len(rows), "mean_demo_tokens_teacher": mean(teacher_tokens),
-               "mean_demo_tokens_programmatic": mean(program_tokens), "data": str(path)}
+               "mean_demo_tokens_programmatic": mean(program_tokens),
+               "identical_to_programmatic": copies / len(kept), "data": str(path)}
     jsonl.write_json(out / "teacher_pool.json", summary)
     return summary
 
@@ -132,5 +134,6 @@ def run_teacher_command(args: argparse.Namespace) -> int:
     print(f"teacher {s['teacher']}: {100 * s['sample_correct_rate']:.1f} % of {s['questions']} x "
           f"{s['samples_per_question']} samples correct; kept {s['kept']} of {s['questions']} questions "
           f"({100 * s['kept_share']:.1f} %), demos {demo_len:.1f} tokens (program: "
-          f"{s['mean_demo_tokens_programmatic'] or 0:.1f}); wrote {s['data']}")
+          f"{s['mean_demo_tokens_programmatic'] or 0:.1f}), {100 * s['identical_to_programmatic']:.1f} % "
+          f"identical to the program's; wrote {s['data']}")
     return 0

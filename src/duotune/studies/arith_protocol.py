@@ -35,6 +35,9 @@ from duotune.paths import REPO_ROOT
 from duotune.studies.store import STORE, report_sync, sync_store
 
 CONFIG = REPO_ROOT / "configs" / "compare" / "protocol_arith.yaml"
+# Regime (b)'s gate (docs/protocol.md): a pool whose kept demos are the program's own, word for word, this
+# often tests regime (a) again on fewer rows (session 13's first teacher: 97.8 %)
+MAX_IDENTICAL = 0.5
 PILOT = REPO_ROOT / "configs" / "compare" / "protocol_pilot.yaml"
 
 
@@ -208,8 +211,18 @@ def main(argv: list[str] | None = None) -> int:
             s = json.loads((pool / "teacher_pool.json").read_text())
             print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
                   f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} "
-                  f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}); {s['data']}", flush=True)
+                  f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}), "
+                  f"{100 * s.get('identical_to_programmatic', float('nan')):.1f} % identical to the program's; "
+                  f"{s['data']}", flush=True)
             extra = [f"data.file={s['data']}", "data.generate=null"]
+            same = s.get("identical_to_programmatic")
+            if same is None or same >= MAX_IDENTICAL:
+                raise ConfigError(
+                    f"{pool / 'teacher_pool.json'}: " + ("no share of demos identical to the program's (a pool "
+                    "built before it was measured); rebuild it" if same is None else f"{100 * same:.1f} % of the "
+                    f"kept demos are the program's own, word for word (the gate is < {100 * MAX_IDENTICAL:.0f} "
+                    "%)") + ": regime (b) needs demos that differ from regime (a)'s (docs/protocol.md); "
+                    "delete the teacher folder and the pool in the store, and build another teacher")
         if args.teacher_only:
             return 0
         root = root.with_name(f"{cfg.name}_teacher")
