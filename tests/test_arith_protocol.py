@@ -24,6 +24,8 @@ def stubs(monkeypatch):
     calls = {"demo": [], "pool": [], "identical": 0.25}
 
     def fake_pool(model, data, out, **kw):
+        # the comparison's engine and KV size (a bound method here once sent vLLM's start to the HF fallback)
+        assert kw["engine"] == "auto" and type(kw["kv_cache_gib"]) is int
         calls["pool"].append((model, Path(data)))
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

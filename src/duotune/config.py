@@ -2,7 +2,7 @@
 
 Each subsystem defines its own config models on `Cfg`; a registry-backed field uses
 `RegistryName(registry)` so unknown names fail at load time with the valid choices.
-Imports pydantic, yaml and `duotune.errors`/`duotune.registry` only.
+Imports pydantic, yaml and `duotune.errors`/`duotune.registry`/`duotune.jsonl` only.
 """
 
 from __future__ import annotations

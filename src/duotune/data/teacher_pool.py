@@ -54,6 +54,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
                             file=str(data), row=number, field="answer")
     bundle = load_model(model)
     bundle.model.eval().requires_grad_(False)
+
     def make_vllm() -> Any:
         from duotune.rollout.vllm import VLLMSampler
 

@@ -1,7 +1,7 @@
 """Resumable stage storage: content-hash keys, append-and-flush JSONL, a bounded parallel job runner.
 
 A stage's file holds one row per finished key; a rerun skips keys already there, so a crash or a
-failing server loses nothing and duplicates nothing. Imports tqdm and `duotune.errors` only.
+failing server loses nothing and duplicates nothing. Imports tqdm, `duotune.errors` and `duotune.jsonl` only.
 """
 
 from __future__ import annotations

@@ -209,20 +209,20 @@ def main(argv: list[str] | None = None) -> int:
             have = sync_pool(pool, pool_store)
         if have:
             s = json.loads((pool / "teacher_pool.json").read_text())
+            same = s.get("identical_to_programmatic")  # None: a pool built before it was measured
             print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
                   f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} "
                   f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}), "
-                  f"{100 * s.get('identical_to_programmatic', float('nan')):.1f} % identical to the program's; "
-                  f"{s['data']}", flush=True)
-            extra = [f"data.file={s['data']}", "data.generate=null"]
-            same = s.get("identical_to_programmatic")
+                  f"{'?' if same is None else f'{100 * same:.1f}'} % identical to the program's; {s['data']}",
+                  flush=True)
             if same is None or same >= MAX_IDENTICAL:
-                raise ConfigError(
-                    f"{pool / 'teacher_pool.json'}: " + ("no share of demos identical to the program's (a pool "
-                    "built before it was measured); rebuild it" if same is None else f"{100 * same:.1f} % of the "
-                    f"kept demos are the program's own, word for word (the gate is < {100 * MAX_IDENTICAL:.0f} "
-                    "%)") + ": regime (b) needs demos that differ from regime (a)'s (docs/protocol.md); "
-                    "delete the teacher folder and the pool in the store, and build another teacher")
+                why = ("it does not say how many demos are the program's own" if same is None else
+                       f"{100 * same:.1f} % of the kept demos are the program's own, word for word (the gate is "
+                       f"< {100 * MAX_IDENTICAL:.0f} %)")
+                raise ConfigError(f"{pool / 'teacher_pool.json'}: {why}: regime (b) needs demos that differ from "
+                                  "regime (a)'s (docs/protocol.md); delete the teacher folder and the pool in the "
+                                  "store, and build another teacher")
+            extra = [f"data.file={s['data']}", "data.generate=null"]
         if args.teacher_only:
             return 0
         root = root.with_name(f"{cfg.name}_teacher")
