@@ -26,7 +26,7 @@ def stubs(monkeypatch):
     def fake_pool(model, data, out, **kw):
         # the comparison's engine and KV size (a bound method here once sent vLLM's start to the HF fallback)
         assert kw["engine"] == "auto" and type(kw["kv_cache_gib"]) is int
-        calls["pool"].append((model, Path(data)))
+        calls["pool"].append((model, Path(data), Path(kw["prompts"])))
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "data.jsonl").write_text(Path(data).read_text())
@@ -47,12 +47,18 @@ def test_regime_b_trains_the_teacher_once_and_compares_on_its_pool(stubs, tmp_pa
     assert arith_protocol.main(args) == 0
     teacher = tmp_path / "tiny_teacher" / "teacher"
     rows = [json.loads(x) for x in (teacher / "data" / "data.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and all(r["word"] and r["question"].endswith("have now?") for r in rows)
+    # the comparison's own rows, demos in prose (docs/protocol.md: session 13's word-problem teacher wrote
+    # the program's template back)
+    assert len(rows) == 16 and all(r["params"]["style"] == "prose" and not r["word"] for r in rows)
+    assert all(r["demo"].startswith("Multiplication comes before") for r in rows)
+    assert [r["question"] for r in rows] == [json.loads(x)["question"] for x in
+                                             (tmp_path / "tiny" / "data" / "train" / "data.jsonl").read_text().splitlines()]
     model = teacher / "run" / "checkpoint-000001" / "model"
     assert (model / "config.json").is_file()
     assert "seed: 100" in (teacher / "run" / "config.yaml").read_text()
-    # the pool is written for the comparison's own (expression) rows, by the trained teacher
-    assert stubs["pool"] == [(str(model), tmp_path / "tiny" / "data" / "train" / "data.jsonl")]
+    # the pool is written for the comparison's own rows by the trained teacher, prompted as it was trained
+    assert stubs["pool"] == [(str(model), tmp_path / "tiny" / "data" / "train" / "data.jsonl",
+                              teacher / "data" / "data.jsonl")]
     (argv,) = stubs["demo"]
     pool = teacher / "pool" / "data.jsonl"
     assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "tiny_teacher")
@@ -83,6 +89,7 @@ def test_regime_b_refuses_a_pool_that_copies_the_programs_demos(stubs, tmp_path)
     with pytest.raises(ConfigError, match=r"97.8 % of the kept demos are the program's own.*gate is < 50 %"):
         arith_protocol.main(args)
     assert stubs["demo"] == []
+    assert not (tmp_path / "store" / "tiny_teacher").exists()  # a pool that fails never reaches the store
 
 
 def test_regime_a_runs_the_comparison_as_configured(stubs, tmp_path):

@@ -122,3 +122,42 @@ def test_max_constant_widens_the_item_space_and_keeps_the_default_stream():
         make_rows("arithmetic", n_test + 1, seed=0, split="test", max_constant=50)
     with pytest.raises(ConfigError, match="max_constant"):
         make_rows("arithmetic", 1, 0, max_constant=0)
+
+
+def test_prose_style_writes_the_same_items_in_other_words_and_at_another_length():
+    """`style: prose` (regime (b)'s teacher data, docs/protocol.md) changes the demo text only: the same
+    questions, answers, keys and few-shot items in the same order, the demos in other words and longer."""
+    steps = make_rows("arithmetic", 60, seed=3, max_constant=50, fewshot=2)
+    prose = make_rows("arithmetic", 60, seed=3, max_constant=50, fewshot=2, style="prose")
+    for (s, _), (p, _) in zip(steps, prose, strict=True):
+        assert (p["question"], p["answer"], p["key"]) == (s["question"], s["answer"], s["key"])
+        assert [m["content"] for m in p["prompt"][0::2]] == [m["content"] for m in s["prompt"][0::2]]
+        assert p["prompt"][1]["content"] != s["prompt"][1]["content"]  # the shots' demos are prose too
+        assert last_boxed(p["demo"]) == p["answer"] and len(p["demo"]) > 1.4 * len(s["demo"])
+        assert not any(w in p["demo"] for w in ("First,", "Then,", " = "))
+    row, _ = make_rows("arithmetic", 1, seed=0, fewshot=0, style="prose")[0]
+    (a, b), c = row["terms"][0], row["constant"]
+    assert row["demo"] == (f"Multiplication comes before addition, so we work it out in two parts. {a} times "
+                           f"{b} is {a * b}. Adding {c} to {a * b} makes {a * b + c}. So the result is "
+                           f"{a * b + c}, and the answer is \\boxed{{{a * b + c}}}.")
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("word", [False, True])
+def test_prose_demos_say_every_step_right(level, word):
+    said = re.compile(r"(\d+) times (\d+) is (\d+)|Adding (\d+) to (\d+) makes (\d+)|"
+                      r"Taking (\d+) away from (\d+) leaves (\d+)")
+    for row, _ in make_rows("arithmetic", 200, seed=level, level=level, word=word, fewshot=0, style="prose"):
+        found = said.findall(row["demo"])
+        assert len(found) == 2 * len(row["terms"])
+        for g in found:
+            x = [int(v) if v else None for v in g]
+            if x[0] is not None:
+                assert x[0] * x[1] == x[2]
+            elif x[3] is not None:
+                assert x[3] + x[4] == x[5]
+            else:
+                assert x[7] - x[6] == x[8]
+        assert last_boxed(row["demo"]) == row["answer"]
+    with pytest.raises(ConfigError, match="style"):
+        make_rows("arithmetic", 1, 0, style="poem")

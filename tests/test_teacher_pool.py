@@ -109,3 +109,34 @@ def test_cli_runs_on_tiny_llm(rows, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "50.0 % of 3 x 2 samples correct; kept 3 of 3 questions (100.0 %), demos 3.0 tokens" in out
     assert len((tmp_path / "p" / "data.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_teacher_can_be_prompted_as_it_was_trained_and_its_demos_land_on_the_rows(rows, tmp_path,
+                                                                                        monkeypatch):
+    """Regime (b)'s teacher learnt the prose style from prose few-shot prompts: `prompts` (the same rows
+    in its style) is what it sees, the demos go onto `data`'s rows, and the summary counts the demos that
+    are the teacher's own training demos word for word."""
+    from duotune.tasks import write_task
+
+    prose = write_task("arithmetic", n=3, seed=0, out_dir=tmp_path / "prose", level=1, style="prose")
+    src = [json.loads(x) for x in rows.read_text().splitlines()]
+    said = [json.loads(x) for x in prose.read_text().splitlines()]
+    seen = []
+
+    def sample(self, examples, params):  # row 0: the prose demo word for word; rows 1, 2: other words
+        seen.extend(examples)
+        return [[Completion(text=r["demo"] if k == 0 else f"thus \\boxed{{{r['answer']}}}", token_ids=[1],
+                            finish_reason="stop")] for k, r in enumerate(said)]
+    monkeypatch.setattr(HFSampler, "sample", sample)
+    s = build_pool("tiny-llm", rows, tmp_path / "pool", prompts=prose, samples=1, engine="hf", progress=False)
+    assert [e.prompt[-1]["content"] for e in seen] == [r["question"] for r in src]
+    assert [e.prompt[1]["content"] for e in seen] == [r["prompt"][1]["content"] for r in said]  # prose shots
+    kept = [json.loads(x) for x in (tmp_path / "pool" / "data.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in kept] == [r["prompt"] for r in src]  # the rows keep their own prompts
+    assert kept[0]["demo"] == said[0]["demo"] and kept[0]["programmatic_demo"] == src[0]["demo"]
+    assert s["identical_to_programmatic"] == 0.0 and s["identical_to_teacher_data"] == 1 / 3
+    assert s["prompts"] == str(prose)
+    other = tmp_path / "other.jsonl"  # rows that are not the same questions, in order: refused by row
+    other.write_text("\n".join(json.dumps({**r, "id": "x"} if k == 1 else r) for k, r in enumerate(said)) + "\n")
+    with pytest.raises(DataError, match="row 2, field 'id'.*arithmetic-train-s0-00001"):
+        build_pool("tiny-llm", rows, tmp_path / "pool2", prompts=other, samples=1, engine="hf", progress=False)

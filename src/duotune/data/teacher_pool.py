@@ -7,7 +7,10 @@ the row's reward type, lenient mode as the training reward) becomes the row's `d
 solution moves to `programmatic_demo`. Rows with no accepted sample are left out, so every method trained
 on the pool shares its rows. Written: `<out>/data.jsonl` (the kept rows, in input order, otherwise
 unchanged) and `<out>/teacher_pool.json` (per-sample correctness, kept share, mean demo tokens for the
-teacher and the program, the share of kept demos identical to the program's, the settings and the engine). It samples on vLLM where vLLM can serve the
+teacher and the program, the share of kept demos identical to the program's, the settings and the engine).
+`prompts` (`--prompts`) shows the teacher the same rows as it was trained on them (e.g. few-shot turns in
+its own style); the summary then also counts demos identical to the teacher's own training demo. It
+samples on vLLM where vLLM can serve the
 teacher (`engine: auto`, as the trainer's rollouts), else with transformers' generate. Imports torch
 and the models lazily (inside `build_pool`).
 """
@@ -26,10 +29,12 @@ CHUNK = 64  # questions per sampling call: the progress bar moves per chunk on e
 
 def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 4, temperature: float = 1.0,
                max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32, engine: str = "auto",
-               kv_cache_gib: int = 2, progress: bool = True) -> dict[str, Any]:
+               kv_cache_gib: int = 2, prompts: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Sample, verify and write the pool (see the module docstring); returns the summary it writes.
     `engine` auto | vllm | hf as `rollout.engine` (auto: vLLM where it can serve the teacher, with a CPU
-    KV cache of `kv_cache_gib`; hf: transformers' generate in batches of `batch_size` sequences)."""
+    KV cache of `kv_cache_gib`; hf: transformers' generate in batches of `batch_size` sequences).
+    `prompts`: the same rows (same ids, in order) as the teacher was trained on them, e.g. with few-shot
+    turns in its own style; the teacher sees those prompts, the demos still go onto `data`'s rows."""
     from dataclasses import replace
 
     from tqdm.auto import tqdm
@@ -52,6 +57,17 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
         if not ex.answer:
             raise DataError("no gold answer: a teacher demo is kept only when the verifier accepts it",
                             file=str(data), row=number, field="answer")
+    shown, taught = examples, [None] * len(rows)  # what the teacher sees; its training demos
+    if prompts is not None:
+        shown = load_examples(str(prompts))
+        if len(shown) != len(rows):
+            raise ConfigError(f"{prompts}: {len(shown)} prompt rows for the {len(rows)} rows of {data}; give "
+                              "the same rows (e.g. the same `duotune data make` call in the teacher's style)")
+        for (number, row), ex in zip(rows, shown):
+            if ex.id != row.get("id"):
+                raise DataError(f"id {ex.id!r} where {data} has {row.get('id')!r}: the prompt rows must be "
+                                "the same rows in the same order", file=str(prompts), row=number, field="id")
+        taught = [ex.demo for ex in shown]
     bundle = load_model(model)
     bundle.model.eval().requires_grad_(False)
 
@@ -69,13 +85,13 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
     with tqdm(total=len(examples) * samples, desc=f"teacher {model}", unit="sample", disable=not progress,
               dynamic_ncols=True) as bar:
         for start in range(0, len(examples), CHUNK):  # each chunk seeded on its own: seed + its first row
-            part = examples[start:start + CHUNK]
+            part = shown[start:start + CHUNK]
             completions += sampler.sample(part, replace(params, seed=seed + start))
             bar.update(len(part) * samples)
     close_sampler(sampler)
-    kept, correct, teacher_tokens, program_tokens, copies = [], 0, [], [], 0
+    kept, correct, teacher_tokens, program_tokens, copies, recited = [], 0, [], [], 0, 0
     tok = bundle.tokenizer
-    for (_, row), ex, comps in zip(rows, examples, completions):
+    for (_, row), ex, comps, own in zip(rows, examples, completions, taught):
         kind = "mcq" if ex.reward_type == "mcq" else "math"
         scores = [sc or 0.0 for _, sc in grade(kind, [c.text for c in comps], [ex.answer] * len(comps))]
         correct += int(sum(scores))
@@ -84,6 +100,7 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
             continue
         teacher_tokens.append(len(first.token_ids))
         copies += int(first.text.strip() == (row.get("demo") or "").strip())
+        recited += int(own is not None and first.text.strip() == own.strip())
         if row.get("demo"):
             program_tokens.append(len(tok(row["demo"], add_special_tokens=False)["input_ids"]))
         kept.append({**row, "demo": first.text, "programmatic_demo": row.get("demo"),
@@ -105,6 +122,8 @@ def build_pool(model: str, data: str | Path, out: str | Path, *, samples: int = 
                "kept_share": len(kept) / len(rows), "mean_demo_tokens_teacher": mean(teacher_tokens),
                "mean_demo_tokens_programmatic": mean(program_tokens),
                "identical_to_programmatic": copies / len(kept), "data": str(path)}
+    if prompts is not None:  # the teacher's prompts and how often it recited its own training demo
+        summary.update(prompts=str(prompts), identical_to_teacher_data=recited / len(kept))
     jsonl.write_json(out / "teacher_pool.json", summary)
     return summary
 
@@ -119,6 +138,8 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
                    "verifier accepts becomes the demo")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the teacher")
     p.add_argument("--max-new-tokens", type=int, default=96, help="decode length of each sample")
+    p.add_argument("--prompts", default=None, help="the same rows (same ids, in order) as the teacher was "
+                   "trained on them, e.g. with few-shot turns in its style: the prompts it sees (default: --data's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (the hf engine)")
     p.add_argument("--engine", choices=["auto", "vllm", "hf"], default="auto", help="sampling engine: vLLM "
@@ -130,11 +151,14 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
 def run_teacher_command(args: argparse.Namespace) -> int:
     s = build_pool(args.model, args.data, args.out, samples=args.samples, temperature=args.temperature,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-                   engine=args.engine, kv_cache_gib=args.kv_cache_gib, progress=not args.no_progress)
+                   engine=args.engine, kv_cache_gib=args.kv_cache_gib, prompts=args.prompts,
+                   progress=not args.no_progress)
     demo_len = s["mean_demo_tokens_teacher"]
     print(f"teacher {s['teacher']}: {100 * s['sample_correct_rate']:.1f} % of {s['questions']} x "
           f"{s['samples_per_question']} samples correct; kept {s['kept']} of {s['questions']} questions "
           f"({100 * s['kept_share']:.1f} %), demos {demo_len:.1f} tokens (program: "
           f"{s['mean_demo_tokens_programmatic'] or 0:.1f}), {100 * s['identical_to_programmatic']:.1f} % "
-          f"identical to the program's; wrote {s['data']}")
+          f"identical to the program's"
+          + (f", {100 * s['identical_to_teacher_data']:.1f} % to its own training demos" if s.get("prompts") else "")
+          + f"; wrote {s['data']}")
     return 0

@@ -5,12 +5,15 @@
   `pilot_decision.json` there. `--decide` applies the rule to the curves on disk without training.
 - `--regime a`: the comparison of `configs/compare/protocol_arith.yaml` as it stands (the task's
   programmatic demos), run by `duotune.demo`'s worker processes into `<output_dir>/<name>`.
-- `--regime b`: demos from another model. (1) The teacher: the comparison's model, SFT-trained on the
-  word-problem variant of its training rows (`word: true`; seed 100, 30 steps x 8 prompts, lr 1e-5 by
-  default) into `<output_dir>/<name>_teacher/teacher/run`. (2) Its pool: `data.teacher_pool.build_pool`
-  samples each training question 4 times and keeps the first answer the verifier accepts
-  (`.../teacher/pool`, with `teacher_pool.json`: correctness, kept share, demo lengths). (3) The same
-  comparison on the pool (`data.file=<pool>`), into `<output_dir>/<name>_teacher`.
+- `--regime b`: demos from another model. (1) The teacher: the comparison's model, SFT-trained on its
+  training rows with the demos in prose (`style: prose`: other words, about 1.6x longer; seed 100, 30
+  steps x 8 prompts, lr 1e-5 by default) into `<output_dir>/<name>_teacher/teacher/run`. (2) Its pool:
+  `data.teacher_pool.build_pool` shows the teacher each training question as it was trained (prose
+  few-shot turns), 4 samples, and keeps the first the verifier accepts as that row's demo
+  (`.../teacher/pool`, with `teacher_pool.json`: correctness, kept share, demo lengths, the shares
+  identical to the program's and to the teacher's own data). A pool whose demos are >= 50 % the
+  program's own (`MAX_IDENTICAL`) is refused before it reaches the store. (3) The same comparison on the
+  pool (`data.file=<pool>`), into `<output_dir>/<name>_teacher`.
 
 Each step is skipped when its output is on disk, so re-running the command continues the study.
 The study outlives one machine's run folders through `--store` (default `docs/protocol_runs`, committed):
@@ -108,7 +111,8 @@ def teacher_root(cfg: CompareConfig) -> Path:
 def train_teacher(cfg: CompareConfig, *, steps: int = 30, prompts: int = 8, lr: float = 1e-5,
                   seed: int = 100) -> Path:
     """The teacher's checkpoint folder (trained unless already there): SFT from `cfg.model` on the
-    word-problem variant of the comparison's generated training rows."""
+    comparison's generated training rows with their demos (few-shot turns included) in prose
+    (`style: prose`): the same questions, another wording and length than the program's steps."""
     from duotune.tasks import write_task
     from duotune.trainers import TrainConfig, train
     from duotune.trainers.checkpoint import checkpoint_dir
@@ -119,10 +123,10 @@ def train_teacher(cfg: CompareConfig, *, steps: int = 30, prompts: int = 8, lr: 
         return model
     src = cfg.data.generate
     if src is None or src.task != "arithmetic":
-        raise ConfigError("regime b writes the teacher's data as arithmetic word problems: the comparison's "
-                          "data.generate must be the arithmetic task")
+        raise ConfigError("regime b writes the teacher's data as the arithmetic task's prose demos: the "
+                          "comparison's data.generate must be the arithmetic task")
     data = write_task(src.task, n=src.n, seed=src.seed, out_dir=root / "data", split=src.split,
-                      **{**src.params, "word": True})
+                      **{**src.params, "style": "prose"})
     recipe = Path(cfg.recipes) / "sft.yaml"
     tcfg = load_config(TrainConfig, recipe, [
         f"model={cfg.model}", f"data.train={data}", f"steps={steps}", f"prompts_per_step={prompts}",
@@ -136,8 +140,8 @@ def train_teacher(cfg: CompareConfig, *, steps: int = 30, prompts: int = 8, lr: 
 
 def teacher_pool(cfg: CompareConfig, model: Path, *, samples: int = 4, max_new_tokens: int = 96,
                  seed: int = 0) -> dict[str, Any]:
-    """The pool's summary (`teacher_pool.json`), built unless already there, from the comparison's own
-    (programmatic) training rows."""
+    """The pool's summary (`teacher_pool.json`), built unless already there, for the comparison's own
+    (programmatic) training rows; the teacher sees them as it was trained (its prose data's prompts)."""
     import json
 
     from duotune.analysis.evalsets import train_file
@@ -150,7 +154,31 @@ def teacher_pool(cfg: CompareConfig, model: Path, *, samples: int = 4, max_new_t
     rows = train_file(cfg, Path(cfg.output_dir) / cfg.name)
     engine = str(cfg.common.get("rollout.engine", "auto"))  # the comparison's rollout engine and KV size
     return build_pool(str(model), rows, out, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
-                      engine=engine, kv_cache_gib=cfg.kv_cache_gib(), progress=cfg.progress)
+                      engine=engine, kv_cache_gib=cfg.kv_cache_gib(), prompts=teacher_root(cfg) / "data" / "data.jsonl",
+                      progress=cfg.progress)
+
+
+def check_pool(pool: Path) -> dict[str, Any]:
+    """The pool's summary, printed; a ConfigError when it fails regime (b)'s gate (`MAX_IDENTICAL`)."""
+    import json
+
+    s = json.loads((pool / "teacher_pool.json").read_text())
+    same = s.get("identical_to_programmatic")  # None: a pool built before it was measured
+    own = s.get("identical_to_teacher_data")
+    print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
+          f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} "
+          f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}), "
+          f"{'?' if same is None else f'{100 * same:.1f}'} % identical to the program's"
+          + ("" if own is None else f", {100 * own:.1f} % to the teacher's training demos") + f"; {s['data']}",
+          flush=True)
+    if same is None or same >= MAX_IDENTICAL:
+        why = ("it does not say how many demos are the program's own" if same is None else
+               f"{100 * same:.1f} % of the kept demos are the program's own, word for word (the gate is "
+               f"< {100 * MAX_IDENTICAL:.0f} %)")
+        raise ConfigError(f"{pool / 'teacher_pool.json'}: {why}: regime (b) needs demos that differ from "
+                          "regime (a)'s (docs/protocol.md); delete the teacher folder and the pool (and its "
+                          "copy in the store, if there), and build another teacher")
+    return s
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,7 +209,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
 
     from duotune import demo, jsonl
 
@@ -201,27 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     store = Path(args.store)
     if args.regime == "b":
         pool, pool_store = teacher_root(cfg) / "pool", store / f"{cfg.name}_teacher" / "pool"
-        have = sync_pool(pool, pool_store)
+        have, s = sync_pool(pool, pool_store), None
         if not have and not args.sync:  # no pool here or in the store: train the teacher, build it
             model = train_teacher(cfg, steps=args.teacher_steps, prompts=args.teacher_prompts,
                                   lr=args.teacher_lr, seed=args.teacher_seed)
             teacher_pool(cfg, model, samples=args.samples, max_new_tokens=args.max_new_tokens)
+            s = check_pool(pool)  # before the store: a pool that fails the gate is never committed
             have = sync_pool(pool, pool_store)
         if have:
-            s = json.loads((pool / "teacher_pool.json").read_text())
-            same = s.get("identical_to_programmatic")  # None: a pool built before it was measured
-            print(f"[protocol] teacher pool: {100 * s['sample_correct_rate']:.1f} % of samples correct, kept "
-                  f"{s['kept']} of {s['questions']} questions, demos {s['mean_demo_tokens_teacher']:.1f} "
-                  f"tokens (program {s['mean_demo_tokens_programmatic']:.1f}), "
-                  f"{'?' if same is None else f'{100 * same:.1f}'} % identical to the program's; {s['data']}",
-                  flush=True)
-            if same is None or same >= MAX_IDENTICAL:
-                why = ("it does not say how many demos are the program's own" if same is None else
-                       f"{100 * same:.1f} % of the kept demos are the program's own, word for word (the gate is "
-                       f"< {100 * MAX_IDENTICAL:.0f} %)")
-                raise ConfigError(f"{pool / 'teacher_pool.json'}: {why}: regime (b) needs demos that differ from "
-                                  "regime (a)'s (docs/protocol.md); delete the teacher folder and the pool in the "
-                                  "store, and build another teacher")
+            s = s or check_pool(pool)
             extra = [f"data.file={s['data']}", "data.generate=null"]
         if args.teacher_only:
             return 0

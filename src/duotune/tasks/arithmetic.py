@@ -4,7 +4,8 @@ Level 1: a*b + c (a, b in 2-9, c in 1-20); level 2: a*b + c*d +/- e (more terms)
 a in 11-99, c in 1-99 (larger numbers); `word=true` phrases any level as a multi-step word problem.
 `max_constant` widens levels 1-2's constant range (1-20 by default; level 1's test split then holds
 332 distinct items, at 50 about 830, which a 400-item evaluation set needs).
-Demos are programmatic step-by-step solutions ending in \\boxed{N}. Imports `duotune.tasks.base` only.
+Demos are programmatic step-by-step solutions ending in \\boxed{N}; `style=prose` says the same steps in
+other words, at about 1.6x the length, and draws the same items. Imports `duotune.tasks.base` only.
 """
 
 from __future__ import annotations
@@ -63,6 +64,24 @@ def _steps(products: list[tuple[int, int]], const: int, units: list[str]) -> tup
     return [f"{w}, {s}." for w, s in zip(labels, steps)], total + const
 
 
+def _prose(products: list[tuple[int, int]], const: int, units: list[str], value: int) -> str:
+    """The same operations as `_steps`, said in words (`style: prose`): other wording, about 1.6x longer."""
+    op = "addition" if const >= 0 else "subtraction"
+    parts = {2: "two", 4: "four"}[2 * len(products)]
+    said = [f"Multiplication comes before {op}, so we work it out in {parts} parts."]
+    values = []
+    for (a, b), unit in zip(products, units):
+        values.append(a * b)
+        said.append(f"{a} times {b} is {a * b}{unit}.")
+    total = values[0]
+    for v in values[1:]:
+        said.append(f"Adding {v} to {total} makes {total + v}.")
+        total += v
+    said.append(f"Adding {const} to {total} makes {value}." if const >= 0 else
+                f"Taking {-const} away from {total} leaves {value}.")
+    return " ".join(said) + f" So the result is {value}, and the answer is \\boxed{{{value}}}."
+
+
 def _word_problem(rng: random.Random, products: list[tuple[int, int]], const: int) -> tuple[str, list[str]]:
     """A word problem for the expression, and the unit phrase each product's step gets in the demo."""
     name, pronoun = rng.choice(NAMES)
@@ -85,7 +104,8 @@ def draw_arithmetic(rng: random.Random, p: dict[str, Any]) -> Candidate:
     else:
         question, units = f"What is {_expression(products, const)}?", [""] * len(products)
     steps, value = _steps(products, const, units)
-    demo = " ".join(steps) + f" The answer is \\boxed{{{value}}}."
+    demo = (_prose(products, const, units, value) if p["style"] == "prose" else
+            " ".join(steps) + f" The answer is \\boxed{{{value}}}.")
     row = {"question": question, "answer": str(value), "reward_type": "math", "demo": demo,
            "level": p["level"], "word": p["word"], "terms": [list(t) for t in products], "constant": const}
     return Candidate(row, expression_key(products, const))
@@ -101,6 +121,9 @@ register_task(TaskSpec(
         "max_constant": Param(20, "levels 1-2: the constant is drawn from 1..max_constant (level 3 keeps "
                                   "1-99); widen it for more distinct items", low=1, high=1000),
         "word": Param(False, "phrase each question as a multi-step word problem instead of an expression"),
+        "style": Param("steps", "demo wording: steps ('First, a * b = c. Then, ...'), or prose (the same "
+                                "operations in other words, about 1.6x longer: regime (b)'s teacher data, "
+                                "docs/protocol.md); the questions stay the same", choices=("steps", "prose")),
         "fewshot": Param(2, "worked examples (user/assistant turns) before each question; SmolLM2-135M needs "
                             "about 2 to write \\boxed{} at all (issue 8)", low=0, high=16),
     },
