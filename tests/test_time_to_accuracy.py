@@ -111,3 +111,24 @@ def test_claim_verdict_respects_censoring():
     assert claim_verdict(1.0, 2.0, ["denominator"], 2.28) == "did not hold"
     assert claim_verdict(1.0, 2.0, ["numerator"], 2.28) == "inconclusive"
     assert claim_verdict(2.0, 3.0, [], 2.28) == "inconclusive"
+
+
+def test_report_says_why_a_ratio_is_missing():
+    """Regime (a)'s report printed "wall time n/a, steps n/a" for one target SRFT never reached: the
+    line now names the method that did not reach it and points at the seed-by-seed sections."""
+    from duotune.analysis.compare_config import CompareConfig
+    from duotune.analysis.report import markdown
+
+    cfg = CompareConfig.model_validate({
+        "methods": ["sft_then_grpo", "srft"], "seeds": [0], "data": {"generate": {"n": 4}},
+        "eval_sets": [{"name": "a", "generate": {"n": 4, "split": "test"}}],
+        "budget": {"steps": 10, "prompts_per_step": 1, "samples_per_prompt": 2}, "eval": {"every": 5}})
+    tta = {"eval_set": "a", "target": 0.768, "methods": {"sft_then_grpo": {"step": 5, "wall_s": 100.0}, "srft": None},
+           "ratio": {"numerator": "sft_then_grpo", "denominator": "srft", "wall_time": None, "steps": None}}
+    md = markdown({"methods": {}, "time_to_accuracy": tta, "plots": []}, cfg)
+    assert ("Ratio sft_then_grpo / srft: none, since srft did not reach 76.8 % (SRFT paper: 2.28); the "
+            "seed-by-seed sections below bound it." in md) and "n/a" not in md
+    tta["methods"]["srft"] = {"step": 10, "wall_s": 50.0}
+    tta["ratio"].update(wall_time=2.0, steps=0.5)
+    md = markdown({"methods": {}, "time_to_accuracy": tta, "plots": []}, cfg)
+    assert "Ratio sft_then_grpo / srft: wall time 2.00, steps 0.50 (SRFT paper: 2.28)." in md

@@ -273,13 +273,15 @@ def markdown(res: dict[str, Any], cfg: CompareConfig) -> str:
             reached = f"{r['step']} | {r['wall_s']:.0f}" if r else "not reached | -"
             lines.append(f"| {m} | {reached} |")
         ra = tta["ratio"]
-
-        def fmt(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.2f}"
-
-        paper = " (SRFT paper: 2.28)" if (ra["numerator"], ra["denominator"]) == ("sft_then_grpo", "srft") else ""
-        lines += ["", f"Ratio {ra['numerator']} / {ra['denominator']}: wall time {fmt(ra['wall_time'])}, "
-                      f"steps {fmt(ra['steps'])}{paper}."]
+        pair = (ra["numerator"], ra["denominator"])
+        paper = " (SRFT paper: 2.28)" if pair == ("sft_then_grpo", "srft") else ""
+        short = [m for m in pair if not tta["methods"].get(m)]
+        if short or ra["wall_time"] is None:  # a side never reached the target: no ratio to print
+            lines += ["", f"Ratio {pair[0]} / {pair[1]}: none, since {' and '.join(short) or 'a side'} did not "
+                          f"reach {100 * tta['target']:.1f} %{paper}; the seed-by-seed sections below bound it."]
+        else:
+            lines += ["", f"Ratio {pair[0]} / {pair[1]}: wall time {ra['wall_time']:.2f}, steps "
+                          f"{ra['steps']:.2f}{paper}."]
     for t in res.get("seed_targets") or []:
         lines += ["", f"## Time to {100 * t['target']:.1f} % on `{t['eval_set']}` ({t['fraction']:g} of the way from "
                       f"base to {cfg.ratio[0]}'s final accuracy), seed by seed", "",
