@@ -10,9 +10,8 @@ unchanged) and `<out>/teacher_pool.json` (per-sample correctness, kept share, me
 teacher and the program, the share of kept demos identical to the program's, the settings and the engine).
 `prompts` (`--prompts`) shows the teacher the same rows as it was trained on them (e.g. few-shot turns in
 its own style); the summary then also counts demos identical to the teacher's own training demo. It
-samples on vLLM where vLLM can serve the
-teacher (`engine: auto`, as the trainer's rollouts), else with transformers' generate. Imports torch
-and the models lazily (inside `build_pool`).
+samples on vLLM where vLLM can serve the teacher (`engine: auto`, as the trainer's rollouts), else with
+transformers' generate. Imports torch and the models lazily (inside `build_pool`).
 """
 
 from __future__ import annotations

@@ -209,7 +209,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-
     from duotune import demo, jsonl
 
     args = _parser().parse_intermixed_args(argv)  # flags may follow the key=value overrides
