@@ -138,13 +138,21 @@ def load(path: Path, kind: str) -> dict[str, Any] | None:
     return rec
 
 
+def rel(path: Path) -> str:
+    """A path as the repository names it when inside it (the committed table names no machine's paths)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def table(paths: dict[str, Path]) -> dict[str, Any]:
     """{"columns": [study titles], "rows": [[claim, cell per study]], "sources": {study: path or None}}."""
     cols, per_study, sources = [], [], {}
     for kind, (title, default) in STUDIES.items():
         path = paths.get(kind, default)
         rec = load(path, kind)
-        sources[kind] = str(path) if rec is not None else None
+        sources[kind] = rel(path) if rec is not None else None
         cols.append(title)
         per_study.append(None if rec is None else
                          gate(rec, comparison_cells(rec), *protocol_runs()) if kind in ("a", "b")
